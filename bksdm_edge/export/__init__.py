@@ -1,0 +1,1 @@
+"""Export of SD components to edge formats (ONNX, TFLite/LiteRT, Core ML)."""

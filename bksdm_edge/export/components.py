@@ -1,0 +1,159 @@
+"""The exportable components of an SD pipeline, as plain ``nn.Module`` wrappers.
+
+Every format exports the same wrappers, so input/output names, dtypes and the
+latent-scaling convention are identical across ONNX, TFLite and Core ML (a
+format may rename tensors for its own runtime; the manifest records the names).
+
+Conventions (see docs/bundle_format.md):
+- text_encoder: ``input_ids`` int32 [B, 77] -> ``last_hidden_state`` float [B, 77, D]
+- unet: ``sample`` [B, 4, h, w], ``timestep`` float32 [B], ``encoder_hidden_states`` [B, 77, D] -> ``out_sample``
+- vae_decoder: ``latent_sample`` (latents already divided by the scaling factor) -> ``sample`` in [-1, 1]
+- vae_encoder: ``sample`` image in [-1, 1] -> ``latent_mean`` (not yet multiplied by the scaling factor)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..loading import SDModel
+
+
+class TextEncoderWrapper(nn.Module):
+    def __init__(self, text_encoder: nn.Module):
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder(input_ids.to(torch.long), return_dict=False)[0]
+
+
+class UNetWrapper(nn.Module):
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+
+class VaeDecoderWrapper(nn.Module):
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent_sample: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latent_sample, return_dict=False)[0]
+
+
+class VaeEncoderWrapper(nn.Module):
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, sample: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(sample, return_dict=False)[0].mean
+
+
+@dataclass(frozen=True)
+class ShapeConfig:
+    """Static export shapes (dynamic axes are opt-in per format)."""
+
+    height: int = 512
+    width: int = 512
+    batch: int = 1
+    dynamic: bool = False
+    max_length: int = 77
+
+    def latent(self, model: SDModel) -> tuple[int, int]:
+        f = model.vae_scale_factor
+        if self.height % (f * 8) or self.width % (f * 8):
+            raise ValueError(
+                f"height and width must be multiples of {f * 8} (VAE factor {f} x U-Net factor 8); "
+                f"got {self.height}x{self.width}"
+            )
+        return self.height // f, self.width // f
+
+
+def _latent_channels(model: SDModel) -> int:
+    return model.unet.config.in_channels if model.unet is not None else model.vae.config.latent_channels
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """One exportable component: how to wrap it and what its example inputs look like."""
+
+    name: str
+    needs: str  # the SDModel attribute the wrapper is built from
+    wrap: Callable[[nn.Module], nn.Module]
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    make_inputs: Callable[[SDModel, ShapeConfig, torch.Generator], dict[str, torch.Tensor]]
+    # Dimensions that may be dynamic, per input: {input: {axis: name}}.
+    dynamic_axes: dict[str, dict[int, str]]
+
+    def module(self, model: SDModel) -> nn.Module:
+        part = getattr(model, self.needs)
+        if part is None:
+            raise ValueError(f"The model was loaded without its {self.needs}; cannot export {self.name}.")
+        return self.wrap(part).eval()
+
+    def example_inputs(self, model: SDModel, shape: ShapeConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+        return self.make_inputs(model, shape, torch.Generator().manual_seed(seed))
+
+
+def _text_inputs(model: SDModel, shape: ShapeConfig, g: torch.Generator) -> dict[str, torch.Tensor]:
+    ids = torch.randint(0, model.text_encoder.config.vocab_size - 2, (shape.batch, shape.max_length), generator=g)
+    ids[:, 0] = model.text_encoder.config.bos_token_id
+    ids[:, -1] = model.text_encoder.config.eos_token_id
+    return {"input_ids": ids.to(torch.int32)}
+
+
+def _unet_inputs(model: SDModel, shape: ShapeConfig, g: torch.Generator) -> dict[str, torch.Tensor]:
+    h, w = shape.latent(model)
+    dim = model.unet.config.cross_attention_dim
+    return {
+        "sample": torch.randn(shape.batch, _latent_channels(model), h, w, generator=g),
+        "timestep": torch.randint(0, 1000, (shape.batch,), generator=g).to(torch.float32),
+        "encoder_hidden_states": torch.randn(shape.batch, shape.max_length, dim, generator=g),
+    }
+
+
+def _decoder_inputs(model: SDModel, shape: ShapeConfig, g: torch.Generator) -> dict[str, torch.Tensor]:
+    h, w = shape.latent(model)
+    # Latents a denoiser produces, divided by the scaling factor: unit-ish variance / 0.18.
+    scale = model.vae.config.scaling_factor
+    return {"latent_sample": torch.randn(shape.batch, model.vae.config.latent_channels, h, w, generator=g) / scale}
+
+
+def _encoder_inputs(model: SDModel, shape: ShapeConfig, g: torch.Generator) -> dict[str, torch.Tensor]:
+    return {"sample": torch.rand(shape.batch, 3, shape.height, shape.width, generator=g) * 2 - 1}
+
+
+COMPONENTS: dict[str, ComponentSpec] = {
+    spec.name: spec
+    for spec in (
+        ComponentSpec(
+            "text_encoder", "text_encoder", TextEncoderWrapper, ("input_ids",), ("last_hidden_state",),
+            _text_inputs, {"input_ids": {0: "batch"}},
+        ),
+        ComponentSpec(
+            "unet", "unet", UNetWrapper, ("sample", "timestep", "encoder_hidden_states"), ("out_sample",),
+            _unet_inputs,
+            {"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
+             "encoder_hidden_states": {0: "batch"}},
+        ),
+        ComponentSpec(
+            "vae_decoder", "vae", VaeDecoderWrapper, ("latent_sample",), ("sample",), _decoder_inputs,
+            {"latent_sample": {0: "batch", 2: "height", 3: "width"}},
+        ),
+        ComponentSpec(
+            "vae_encoder", "vae", VaeEncoderWrapper, ("sample",), ("latent_mean",), _encoder_inputs,
+            {"sample": {0: "batch", 2: "height", 3: "width"}},
+        ),
+    )
+}
+DEFAULT_COMPONENTS = ("text_encoder", "unet", "vae_decoder")

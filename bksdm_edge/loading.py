@@ -1,0 +1,213 @@
+"""Load a Stable Diffusion teacher from a diffusers folder, a hub id, or a built-in architecture."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .builtins import BUILTINS, BuiltinSpec
+from .tokenizer_files import write_clip_tokenizer_files
+
+BUILTIN_PREFIX = "builtin:"
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+class ModelSourceError(ValueError):
+    """A model source that cannot be loaded; the message says what to do."""
+
+
+@dataclass
+class SDModel:
+    """The parts of a Stable Diffusion pipeline that the toolkit works with.
+
+    ``source`` is the string the user gave; ``family`` is "sd-v1" or "sd-v2";
+    parts that were not requested are None.
+    """
+
+    source: str
+    family: str
+    unet: Any = None
+    vae: Any = None
+    text_encoder: Any = None
+    tokenizer: Any = None
+    scheduler: Any = None
+    unet_source: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_pipeline(self):
+        """Assemble a diffusers ``StableDiffusionPipeline`` (no safety checker)."""
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=self.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 8
+
+
+def family_of_unet_config(config: Any) -> str:
+    """Guess the SD family from a U-Net config (cross-attention width 768 = v1, 1024 = v2)."""
+    cad = config.get("cross_attention_dim") if isinstance(config, dict) else config.cross_attention_dim
+    linear = config.get("use_linear_projection") if isinstance(config, dict) else config.use_linear_projection
+    return "sd-v2" if (linear or cad == 1024) else "sd-v1"
+
+
+def builtin_names() -> list[str]:
+    return [BUILTIN_PREFIX + name for name in BUILTINS]
+
+
+def _scheduler_from_config(config: dict[str, Any]):
+    import diffusers
+
+    cls = getattr(diffusers, config["_class_name"])
+    return cls.from_config({k: v for k, v in config.items() if k != "_class_name"})
+
+
+def build_builtin(spec: BuiltinSpec, components=COMPONENTS, dtype=torch.float32) -> SDModel:
+    """Build a built-in architecture with seeded random weights (or its packaged trained weights)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    model = SDModel(source=BUILTIN_PREFIX + spec.name, family=spec.family, info={"builtin": spec.name})
+    # Each component gets its own seed so building a subset gives the same weights.
+    if "unet" in components:
+        torch.manual_seed(spec.seed)
+        model.unet = UNet2DConditionModel(**spec.unet)
+    if "vae" in components:
+        torch.manual_seed(spec.seed + 1)
+        model.vae = AutoencoderKL(**spec.vae)
+    if "text_encoder" in components:
+        torch.manual_seed(spec.seed + 2)
+        model.text_encoder = CLIPTextModel(CLIPTextConfig(**spec.text_encoder))
+    if "tokenizer" in components:
+        with tempfile.TemporaryDirectory() as tmp:
+            model.tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer_files(tmp, spec.pad_token))
+    if "scheduler" in components:
+        model.scheduler = _scheduler_from_config(spec.scheduler)
+    if spec.weights is not None:
+        _load_packaged_weights(model, spec)
+    for part in (model.unet, model.vae, model.text_encoder):
+        if part is not None:
+            if dtype != torch.float32:
+                part.to(dtype)
+            part.eval()
+    return model
+
+
+def _load_packaged_weights(model: SDModel, spec: BuiltinSpec) -> None:
+    from importlib import resources
+
+    from safetensors.torch import load_file
+
+    root = resources.files("bksdm_edge") / spec.weights
+    for name in ("unet", "vae", "text_encoder"):
+        part = getattr(model, name)
+        if part is not None:
+            part.load_state_dict(load_file(str(root / f"{name}.safetensors")))
+
+
+def _load_diffusers(src: str, components, dtype) -> SDModel:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    is_local = Path(src).exists()
+    if is_local and not (Path(src) / "model_index.json").exists():
+        raise ModelSourceError(
+            f"{src} is a folder but not a diffusers pipeline (no model_index.json). Pass a folder saved with "
+            f"StableDiffusionPipeline.save_pretrained, a hub id, or one of: {', '.join(builtin_names())}"
+        )
+    loaders = {
+        "unet": lambda: UNet2DConditionModel.from_pretrained(src, subfolder="unet", torch_dtype=dtype),
+        "vae": lambda: AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype),
+        "text_encoder": lambda: CLIPTextModel.from_pretrained(src, subfolder="text_encoder", torch_dtype=dtype),
+        "tokenizer": lambda: CLIPTokenizer.from_pretrained(src, subfolder="tokenizer"),
+        "scheduler": lambda: _load_scheduler(src),
+    }
+    model = SDModel(source=src, family="sd-v1")
+    try:
+        for name in components:
+            setattr(model, name, loaders[name]())
+    except OSError as err:
+        where = "local folder" if is_local else "hub id"
+        raise ModelSourceError(
+            f"Could not load {name!r} of {where} {src!r}: {err}\n"
+            "If this is a hub id, you need network access to huggingface.co or the model in your local Hugging Face "
+            "cache (HF_HUB_OFFLINE=1 only reads the cache); log in with `hf auth login` for gated models. "
+            f"Without downloads, use a built-in architecture: {', '.join(builtin_names())}."
+        ) from err
+    unet_config = model.unet.config if model.unet is not None else _read_unet_config(src)
+    if unet_config is not None:
+        model.family = family_of_unet_config(unet_config)
+    for part in (model.unet, model.vae, model.text_encoder):
+        if part is not None:
+            part.eval()
+    return model
+
+
+def _load_scheduler(src: str):
+    from diffusers import SchedulerMixin
+
+    config = SchedulerMixin.load_config(src, subfolder="scheduler")
+    return _scheduler_from_config(dict(config))
+
+
+def _read_unet_config(src: str) -> dict | None:
+    path = Path(src) / "unet" / "config.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def load_unet(path: str | Path, dtype=torch.float32):
+    """Load a U-Net folder (e.g. a distilled student saved by ``save_student``)."""
+    from diffusers import UNet2DConditionModel
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise ModelSourceError(
+            f"{path} is not a diffusers U-Net folder (no config.json). Pass the folder written by "
+            "`bksdm-edge build` or `bksdm-edge distill` (e.g. RUN_DIR/unet)."
+        )
+    return UNet2DConditionModel.from_pretrained(path, torch_dtype=dtype).eval()
+
+
+def load_model(src: str, *, unet: str | Path | None = None, components=COMPONENTS, dtype=torch.float32) -> SDModel:
+    """Load a Stable Diffusion model.
+
+    Args:
+        src: ``builtin:NAME`` (see ``builtin_names()``), a local diffusers pipeline folder, or a hub id.
+        unet: optional U-Net folder (a distilled student) that replaces the pipeline's U-Net.
+        components: which of ``unet, vae, text_encoder, tokenizer, scheduler`` to load.
+        dtype: torch dtype of the loaded weights.
+    """
+    components = tuple(components)
+    unknown = set(components) - set(COMPONENTS)
+    if unknown:
+        raise ModelSourceError(f"Unknown components {sorted(unknown)}; choose from {COMPONENTS}")
+    wanted = tuple(c for c in components if not (c == "unet" and unet is not None))
+    if src.startswith(BUILTIN_PREFIX):
+        name = src[len(BUILTIN_PREFIX) :]
+        if name not in BUILTINS:
+            raise ModelSourceError(f"Unknown built-in model {src!r}; choose from {', '.join(builtin_names())}")
+        model = build_builtin(BUILTINS[name], wanted, dtype)
+    else:
+        model = _load_diffusers(src, wanted, dtype)
+    if unet is not None and "unet" in components:
+        model.unet = load_unet(unet, dtype)
+        model.unet_source = str(unet)
+        meta = Path(unet) / "bksdm_edge.json"
+        if meta.exists():
+            model.info["student"] = json.loads(meta.read_text())
+    return model
