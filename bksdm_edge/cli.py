@@ -1,0 +1,73 @@
+"""The ``bksdm-edge`` command line: a thin layer over the library.
+
+Each subcommand lives in ``bksdm_edge/commands/<name>.py`` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` to a function
+taking the parsed arguments and returning an exit code. Subcommands are found
+by module discovery, so adding one never edits this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+import warnings
+
+from . import __version__
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed without a traceback (exit code 2)."""
+
+
+def _quiet_third_party() -> None:
+    # torchao (pulled in by litert-torch) and diffusers print import-time noise that hides our output.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore", message=".*torchao.*")
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree", "diffusers", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bksdm-edge",
+        description="Compress Stable Diffusion U-Nets the BK-SDM way (arXiv 2305.15798), distil them, export them "
+        "to ONNX / TFLite / Core ML bundles, benchmark them against the original SD model, and generate images.",
+        epilog="Model sources (SRC): builtin:mini-sd (default), builtin:sd-v1.4, builtin:sd-v2.1-base, ... "
+        "(random weights, no download), a local diffusers pipeline folder, or a hub id such as "
+        "CompVis/stable-diffusion-v1-4 (needs the Hugging Face cache or network). "
+        "Run `bksdm-edge COMMAND --help` for each command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"bksdm-edge {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from . import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_third_party()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
