@@ -18,8 +18,9 @@ import warnings
 from . import __version__
 
 
-class UserError(Exception):
-    """An error caused by the user's input; printed without a traceback (exit code 2)."""
+from .errors import BksdmError
+
+UserError = BksdmError  # raise from a command for bad input; printed without a traceback
 
 
 def _quiet_third_party() -> None:
@@ -61,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except UserError as err:
+    except BksdmError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

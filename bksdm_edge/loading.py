@@ -11,13 +11,14 @@ from typing import Any
 import torch
 
 from .builtins import BUILTINS, BuiltinSpec
+from .errors import BksdmError
 from .tokenizer_files import write_clip_tokenizer_files
 
 BUILTIN_PREFIX = "builtin:"
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(BksdmError, ValueError):
     """A model source that cannot be loaded; the message says what to do."""
 
 

@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import BksdmError
+
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
@@ -50,5 +52,5 @@ class ConvertedModel:
     extra: dict[str, Any] = field(default_factory=dict)  # format-specific facts (opset, stored weight bits, ...)
 
 
-class ExportError(RuntimeError):
+class ExportError(BksdmError, RuntimeError):
     """An export that cannot be done; the message says why and what to do."""
