@@ -1,0 +1,122 @@
+"""The numpy schedulers against diffusers' torch schedulers (the reference)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+
+from bksdm_edge.runtime.schedulers import SCHEDULERS, scheduler_from_config
+
+diffusers = pytest.importorskip("diffusers")
+torch = pytest.importorskip("torch")
+
+SD_V1 = {
+    "_class_name": "PNDMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "steps_offset": 1,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "clip_sample": False,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+}
+SD_V2 = {**SD_V1, "prediction_type": "v_prediction"}
+CONFIGS = {
+    "sd-v1": SD_V1,
+    "sd-v2-v": SD_V2,
+    "trailing": {**SD_V1, "timestep_spacing": "trailing", "steps_offset": 0},
+    "linspace-v": {**SD_V2, "timestep_spacing": "linspace", "beta_schedule": "linear", "clip_sample": True},
+}
+REFERENCE = {
+    "pndm": "PNDMScheduler",
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+}
+STEPS = (1, 2, 10, 25, 50)
+# Relative to the sample's scale: diffusers rounds its scalar coefficients to float32 and we
+# keep them in float64, so values that cancel to near zero differ by float32 ulps of the terms.
+RTOL = 1e-5
+
+
+def _assert_close(actual, desired, msg=""):
+    atol = RTOL * float(np.abs(desired).max())
+    np.testing.assert_allclose(actual, desired, rtol=RTOL, atol=atol, err_msg=msg)
+
+
+def _pair(name: str, config: dict):
+    ours = scheduler_from_config(config, name)
+    ref = getattr(diffusers, REFERENCE[name]).from_config(config)
+    return ours, ref
+
+
+def test_registry_names():
+    assert sorted(SCHEDULERS) == sorted(REFERENCE)
+    assert type(scheduler_from_config(SD_V1)).__name__ == "PNDMScheduler"
+
+
+@pytest.mark.parametrize("config_name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_timesteps_and_sigmas_match_diffusers(name, config_name):
+    for steps in STEPS:
+        ours, ref = _pair(name, CONFIGS[config_name])
+        ours.set_timesteps(steps)
+        ref.set_timesteps(steps)
+        np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy(), err_msg=f"{steps} steps")
+        assert ours.timesteps.dtype == ref.timesteps.numpy().dtype
+        if hasattr(ref, "sigmas"):
+            np.testing.assert_allclose(ours.sigmas, ref.sigmas.numpy(), rtol=1e-6, err_msg=f"{steps} steps")
+        np.testing.assert_allclose(ours.init_noise_sigma, float(ref.init_noise_sigma), rtol=1e-6)
+        # torch.linspace rounds float32 in a CPU-dependent (vectorised) way: ulp-level only.
+        np.testing.assert_allclose(ours.alphas_cumprod, ref.alphas_cumprod.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("config_name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_denoising_loop_matches_diffusers(name, config_name):
+    for steps in STEPS:
+        ours, ref = _pair(name, CONFIGS[config_name])
+        ours.set_timesteps(steps)
+        ref.set_timesteps(steps)
+        rng = np.random.default_rng(1000 * steps + len(name))
+        sample = (rng.standard_normal((1, 4, 8, 8)) * ours.init_noise_sigma).astype(np.float32)
+        ref_sample = torch.from_numpy(sample.copy())
+        for k, t in enumerate(ref.timesteps):
+            x_in = ours.scale_model_input(sample, ours.timesteps[k])
+            ref_in = ref.scale_model_input(ref_sample, t)
+            _assert_close(x_in, ref_in.numpy())
+            # A model output that depends on its input, so errors would feed back as in real use.
+            noise = rng.standard_normal(sample.shape).astype(np.float32)
+            model_out = (0.5 * x_in + noise).astype(np.float32)
+            sample = ours.step(model_out, ours.timesteps[k], sample)
+            ref_sample = ref.step(torch.from_numpy(model_out.copy()), t, ref_sample).prev_sample
+            assert sample.dtype == np.float32
+            _assert_close(sample, ref_sample.numpy(), f"{steps} steps, step {k} (t={int(t)})")
+
+
+def test_unsupported_config_lists_every_problem():
+    with pytest.raises(NotImplementedError, match="use_karras_sigmas.*rescale_betas_zero_snr|rescale.*karras"):
+        scheduler_from_config({**SD_V1, "use_karras_sigmas": True, "rescale_betas_zero_snr": True}, "euler")
+    with pytest.raises(NotImplementedError, match="prediction_type"):
+        scheduler_from_config({**SD_V1, "prediction_type": "sample"}, "ddim")
+    with pytest.raises(NotImplementedError, match="skip_prk_steps"):
+        scheduler_from_config({**SD_V1, "skip_prk_steps": False})
+    with pytest.raises(ValueError, match="not ported"):
+        scheduler_from_config({**SD_V1, "_class_name": "LMSDiscreteScheduler"})
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        scheduler_from_config(SD_V1, "lms")
+
+
+def test_step_before_set_timesteps_raises():
+    s = scheduler_from_config(SD_V1, "ddim")
+    x = np.zeros((1, 4, 2, 2), np.float32)
+    with pytest.raises(RuntimeError, match="set_timesteps"):
+        s.step(x, 1, x)
