@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -78,8 +79,15 @@ def _scheduler_from_config(config: dict[str, Any]):
     return cls.from_config({k: v for k, v in config.items() if k != "_class_name"})
 
 
-def build_builtin(spec: BuiltinSpec, components=COMPONENTS, dtype=torch.float32) -> SDModel:
-    """Build a built-in architecture with seeded random weights (or its packaged trained weights)."""
+def build_builtin(spec: BuiltinSpec, components=COMPONENTS, dtype=torch.float32, weights: bool = True) -> SDModel:
+    """Build a built-in architecture with seeded random weights (or its packaged trained weights).
+
+    With ``weights=False`` the modules are built on the meta device (no memory, no init): enough for profiling.
+    """
+    if not weights:
+        with torch.device("meta"):
+            model = build_builtin(dataclasses.replace(spec, weights=None), components, dtype)
+        return model
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -121,7 +129,7 @@ def _load_packaged_weights(model: SDModel, spec: BuiltinSpec) -> None:
             part.load_state_dict(load_file(str(root / f"{name}.safetensors")))
 
 
-def _load_diffusers(src: str, components, dtype) -> SDModel:
+def _load_diffusers(src: str, components, dtype, weights: bool = True) -> SDModel:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -131,13 +139,30 @@ def _load_diffusers(src: str, components, dtype) -> SDModel:
             f"{src} is a folder but not a diffusers pipeline (no model_index.json). Pass a folder saved with "
             f"StableDiffusionPipeline.save_pretrained, a hub id, or one of: {', '.join(builtin_names())}"
         )
-    loaders = {
-        "unet": lambda: UNet2DConditionModel.from_pretrained(src, subfolder="unet", torch_dtype=dtype),
-        "vae": lambda: AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype),
-        "text_encoder": lambda: CLIPTextModel.from_pretrained(src, subfolder="text_encoder", torch_dtype=dtype),
+    if weights:
+        loaders = {
+            "unet": lambda: UNet2DConditionModel.from_pretrained(src, subfolder="unet", torch_dtype=dtype),
+            "vae": lambda: AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype),
+            "text_encoder": lambda: CLIPTextModel.from_pretrained(src, subfolder="text_encoder", torch_dtype=dtype),
+        }
+    else:  # configs only, modules on the meta device
+        from transformers import CLIPTextConfig
+
+        def meta(build):
+            with torch.device("meta"):
+                return build()
+
+        loaders = {
+            "unet": lambda: meta(lambda: UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(src, subfolder="unet"))),
+            "vae": lambda: meta(lambda: AutoencoderKL.from_config(AutoencoderKL.load_config(src, subfolder="vae"))),
+            "text_encoder": lambda: meta(
+                lambda: CLIPTextModel(CLIPTextConfig.from_pretrained(src, subfolder="text_encoder"))
+            ),
+        }
+    loaders.update({
         "tokenizer": lambda: CLIPTokenizer.from_pretrained(src, subfolder="tokenizer"),
         "scheduler": lambda: _load_scheduler(src),
-    }
+    })
     model = SDModel(source=src, family="sd-v1")
     try:
         for name in components:
@@ -171,7 +196,7 @@ def _read_unet_config(src: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def load_unet(path: str | Path, dtype=torch.float32):
+def load_unet(path: str | Path, dtype=torch.float32, weights: bool = True):
     """Load a U-Net folder (e.g. a distilled student saved by ``save_student``)."""
     from diffusers import UNet2DConditionModel
 
@@ -181,10 +206,15 @@ def load_unet(path: str | Path, dtype=torch.float32):
             f"{path} is not a diffusers U-Net folder (no config.json). Pass the folder written by "
             "`bksdm-edge build` or `bksdm-edge distill` (e.g. RUN_DIR/unet)."
         )
+    if not weights:
+        with torch.device("meta"):
+            return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(path)).eval()
     return UNet2DConditionModel.from_pretrained(path, torch_dtype=dtype).eval()
 
 
-def load_model(src: str, *, unet: str | Path | None = None, components=COMPONENTS, dtype=torch.float32) -> SDModel:
+def load_model(
+    src: str, *, unet: str | Path | None = None, components=COMPONENTS, dtype=torch.float32, weights: bool = True
+) -> SDModel:
     """Load a Stable Diffusion model.
 
     Args:
@@ -192,6 +222,7 @@ def load_model(src: str, *, unet: str | Path | None = None, components=COMPONENT
         unet: optional U-Net folder (a distilled student) that replaces the pipeline's U-Net.
         components: which of ``unet, vae, text_encoder, tokenizer, scheduler`` to load.
         dtype: torch dtype of the loaded weights.
+        weights: False builds the modules from their configs on the meta device (profiling, planning).
     """
     components = tuple(components)
     unknown = set(components) - set(COMPONENTS)
@@ -202,11 +233,11 @@ def load_model(src: str, *, unet: str | Path | None = None, components=COMPONENT
         name = src[len(BUILTIN_PREFIX) :]
         if name not in BUILTINS:
             raise ModelSourceError(f"Unknown built-in model {src!r}; choose from {', '.join(builtin_names())}")
-        model = build_builtin(BUILTINS[name], wanted, dtype)
+        model = build_builtin(BUILTINS[name], wanted, dtype, weights)
     else:
-        model = _load_diffusers(src, wanted, dtype)
+        model = _load_diffusers(src, wanted, dtype, weights)
     if unet is not None and "unet" in components:
-        model.unet = load_unet(unet, dtype)
+        model.unet = load_unet(unet, dtype, weights)
         model.unet_source = str(unet)
         meta = Path(unet) / "bksdm_edge.json"
         if meta.exists():
