@@ -185,9 +185,10 @@ def _load_diffusers(src: str, components, dtype, weights: bool = True) -> SDMode
 
 
 def _load_scheduler(src: str):
-    from diffusers import SchedulerMixin
+    from diffusers import DDPMScheduler
 
-    config = SchedulerMixin.load_config(src, subfolder="scheduler")
+    # Any ConfigMixin reads the JSON; the real class comes from its _class_name.
+    config = DDPMScheduler.load_config(src, subfolder="scheduler")
     return _scheduler_from_config(dict(config))
 
 

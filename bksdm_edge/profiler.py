@@ -223,6 +223,10 @@ def profile_teacher_and_students(
     return rows
 
 
+def _macs(n: int) -> str:
+    return f"{n / 1e9:.1f}G" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
 def format_profiles(rows: list[Profile]) -> str:
     """A Markdown table of profiles with ratios to the teacher's row of the same component."""
     teacher = {r.component: r for r in rows if r.name == "teacher"}
@@ -233,8 +237,8 @@ def format_profiles(rows: list[Profile]) -> str:
     for r in rows:
         t = teacher.get(r.component, r)
         lines.append(
-            f"| {r.name} | {r.component} | {r.params:,} | {r.params / t.params:.3f} | {r.macs_paper / 1e9:.1f}G | "
-            f"{r.macs_paper / t.macs_paper:.3f} | {r.macs_full / 1e9:.1f}G | {r.macs_full / t.macs_full:.3f} | "
-            f"{r.size_fp16_mb:.0f} | {r.size_int8_mb:.0f} |"
+            f"| {r.name} | {r.component} | {r.params:,} | {r.params / t.params:.3f} | {_macs(r.macs_paper)} | "
+            f"{r.macs_paper / t.macs_paper:.3f} | {_macs(r.macs_full)} | {r.macs_full / t.macs_full:.3f} | "
+            f"{r.size_fp16_mb:.1f} | {r.size_int8_mb:.1f} |"
         )
     return "\n".join(lines)
