@@ -440,7 +440,6 @@ class DPMSolverMultistepScheduler(_SigmaScheduler):
         lower_order_final = i == n - 1 and (
             cfg["euler_at_final"] or (cfg["lower_order_final"] and n < 15) or cfg["final_sigmas_type"] == "zero"
         )
-        lower_order_second = i == n - 2 and cfg["lower_order_final"] and n < 15
 
         # 1. Convert the model output to a data (x0) prediction.
         alpha_s, sigma_s = self._alpha_sigma(float(self.sigmas[i]))

@@ -59,7 +59,9 @@ class ClipTokenizer:
     ):
         self.vocab = vocab
         self.id_to_token = {i: t for t, i in vocab.items()}
-        self.merge_ranks = {pair: rank for rank, pair in enumerate(merges)}
+        self.merge_ranks: dict[tuple[str, str], int] = {}
+        for rank, pair in enumerate(merges):
+            self.merge_ranks.setdefault(pair, rank)  # a repeated pair keeps its first rank
         self.max_length = max_length
         self.bos_token_id = vocab[BOS] if bos_token_id is None else bos_token_id
         self.eos_token_id = vocab[EOS] if eos_token_id is None else eos_token_id
