@@ -1,0 +1,145 @@
+"""Export bundles: atomic writing, the manifest (sha256 + size of every file), verification.
+
+Layout and manifest schema: docs/bundle_format.md. numpy-free and torch-free, so
+``verify_bundle`` runs wherever a bundle is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..errors import BksdmError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+VALIDATION = "validation.json"
+
+
+class BundleError(BksdmError):
+    """A bundle that is missing, incomplete or modified; the message names the file."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def list_files(root: Path) -> list[str]:
+    """Every file under ``root`` except the manifest, as sorted POSIX paths relative to ``root``."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p != root / MANIFEST)
+
+
+def write_manifest(root: Path, manifest: dict[str, Any], *, complete: bool) -> Path:
+    """Write ``manifest.json`` with the hash and size of every other file in ``root``."""
+    manifest = dict(manifest)
+    manifest["format_version"] = FORMAT_VERSION
+    manifest["complete"] = complete
+    manifest.setdefault("created", datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    manifest["files"] = {
+        rel: {"sha256": sha256_file(root / rel), "size": (root / rel).stat().st_size} for rel in list_files(root)
+    }
+    path = root / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+class BundleWriter:
+    """Write a bundle into a temporary sibling folder; ``commit`` renames it into place.
+
+    Use as a context manager. If the block raises (or never commits), the folder is
+    moved to ``OUT.failed`` (replacing an older one) for inspection; its manifest, if any,
+    says ``"complete": false``, so it can never be mistaken for a bundle.
+    """
+
+    def __init__(self, out: str | Path, *, overwrite: bool = False):
+        self.out = Path(out).absolute()
+        if self.out.exists() and not overwrite:
+            raise BundleError(f"{self.out} already exists; pass --overwrite (overwrite=True) to replace it")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.overwrite = overwrite
+        self.root: Path | None = None
+        self.committed = False
+
+    def __enter__(self) -> "BundleWriter":
+        self.root = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        return self
+
+    def commit(self, manifest: dict[str, Any]) -> Path:
+        """Write the complete manifest and move the bundle to its final path."""
+        write_manifest(self.root, manifest, complete=True)
+        if self.out.exists():
+            old = self.out.with_name(self.out.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            self.out.rename(old)
+            self.root.rename(self.out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            self.root.rename(self.out)
+        self.committed = True
+        return self.out
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.committed or self.root is None or not self.root.exists():
+            return
+        failed = self.out.with_name(self.out.name + ".failed")
+        shutil.rmtree(failed, ignore_errors=True)
+        manifest = self.root / MANIFEST
+        if manifest.exists():
+            data = json.loads(manifest.read_text())
+            data["complete"] = False
+            manifest.write_text(json.dumps(data, indent=2) + "\n")
+        self.root.rename(failed)
+        self.failed_path = failed
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    root = Path(path)
+    manifest = root / MANIFEST
+    if not root.is_dir():
+        raise BundleError(f"{root} is not a bundle folder")
+    if not manifest.exists():
+        raise BundleError(f"{root} has no {MANIFEST}; it is not a bundle (or its export did not finish)")
+    try:
+        return json.loads(manifest.read_text())
+    except json.JSONDecodeError as err:
+        raise BundleError(f"{manifest} is not valid JSON: {err}") from err
+
+
+def verify_bundle(path: str | Path) -> dict[str, Any]:
+    """Check a bundle before loading it: complete, every listed file present with its size and
+    sha256, and no unlisted files. Returns the manifest; raises ``BundleError`` naming the bad file."""
+    root = Path(path)
+    manifest = read_manifest(root)
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{root}: unsupported bundle format_version {manifest.get('format_version')!r} "
+                          f"(this toolkit reads {FORMAT_VERSION})")
+    if manifest.get("complete") is not True:
+        raise BundleError(f"{root}: the manifest does not say the bundle is complete (its export failed or was "
+                          "interrupted); export it again")
+    files = manifest.get("files") or {}
+    for rel, entry in files.items():
+        f = root / rel
+        if not f.is_file():
+            raise BundleError(f"{root}: file {rel} listed in the manifest is missing")
+        size = f.stat().st_size
+        if size != entry["size"]:
+            raise BundleError(f"{root}: file {rel} has {size} bytes, the manifest says {entry['size']}: "
+                              "it was modified or truncated")
+        if sha256_file(f) != entry["sha256"]:
+            raise BundleError(f"{root}: file {rel} does not match its sha256 in the manifest: it was modified")
+    extra = sorted(set(list_files(root)) - set(files))
+    if extra:
+        raise BundleError(f"{root}: files not listed in the manifest: {', '.join(extra)}")
+    for name, comp in manifest.get("components", {}).items():
+        if comp["file"] not in files:
+            raise BundleError(f"{root}: component {name} file {comp['file']} is not listed in the manifest")
+    return manifest

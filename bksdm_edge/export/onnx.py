@@ -1,0 +1,330 @@
+"""ONNX back-end: fp32, fp16 and int8 (dynamic and static QDQ) exports, run with onnxruntime.
+
+fp32 uses torch's TorchScript-based exporter (``dynamo=False``): with torch 2.13 it
+still exists, handles the diffusers modules, and on the toy U-Net takes ~15 s where
+the dynamo exporter takes ~50 s and logs opset-conversion failures (``Pad``).
+Opset 17 (first with LayerNormalization). Models above ~1.9 GB of weights are saved
+with ONNX external data (``model.onnx_data``), protobuf's limit being 2 GiB.
+
+torch is imported inside the conversion functions only: ``load_runner`` must work in
+a process without PyTorch (``bksdm-edge generate``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import ConvertedModel, ExportError, TensorInfo
+from .registry import ExportTarget, Tolerance, register_target
+
+OPSET = 17
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx_data"
+EXTERNAL_DATA_THRESHOLD = 1_900_000_000  # bytes of weights; protobuf refuses messages over 2 GiB
+
+# Ops whose fp16 versions overflow or lose too much: softmax's exp, the normalisation
+# statistics (sum of squares), pow/reduce, and the sinusoidal timestep embedding
+# (sin/cos of arguments up to ~1000 are meaningless in fp16).
+FP16_KEEP_FP32_OPS = (
+    "Softmax", "LayerNormalization", "GroupNormalization", "InstanceNormalization",
+    "Pow", "ReduceMean", "ReduceSum", "ReduceSumSquare", "Sqrt", "Exp", "Sin", "Cos", "Erf",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# conversion
+
+
+def convert(
+    module,
+    example_inputs: dict[str, Any],
+    output_names: list[str] | tuple[str, ...],
+    out_dir: str | Path,
+    precision: str,
+    *,
+    calibration: list[dict[str, np.ndarray]] | None = None,
+    options: dict[str, Any] | None = None,
+) -> ConvertedModel:
+    """Export ``module`` to ``out_dir/model.onnx`` at ``precision``.
+
+    Args:
+        module: the component wrapper (``nn.Module``) in eval mode.
+        example_inputs: input name -> torch tensor, in the module's argument order.
+        output_names: names given to the graph outputs.
+        out_dir: component folder (created).
+        precision: ``fp32``, ``fp16`` or ``int8*``; int8 needs ``options["quantization"]``.
+        calibration: input dicts (numpy) for static quantization.
+        options: ``dynamic_axes`` ({input: {axis: name}}), ``io_dtype`` ("fp32"|"fp16", fp16 only),
+            ``quantization`` ("dynamic"|"static"), ``op_types`` (ops to quantize),
+            ``external_data`` (None = automatic above 1.9 GB).
+    """
+    import onnx
+
+    options = dict(options or {})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".work-") as work:
+        work = Path(work)
+        fp32_path = export_fp32(module, example_inputs, output_names, work / "fp32.onnx", options.get("dynamic_axes"))
+        extra: dict[str, Any] = {"opset": OPSET, "exporter": "torch.onnx (TorchScript)"}
+        if precision == "fp32":
+            model = onnx.load(str(fp32_path))
+        elif precision == "fp16":
+            model = _to_fp16(onnx.load(str(fp32_path)), options.get("io_dtype", "fp32"))
+            extra.update(io_dtype=options.get("io_dtype", "fp32"), fp32_ops=list(FP16_KEEP_FP32_OPS))
+        elif precision.startswith("int8"):
+            method = options.get("quantization")
+            q_path = work / "int8.onnx"
+            if method == "dynamic":
+                _quantize_dynamic(fp32_path, q_path, options)
+            elif method == "static":
+                if not calibration:
+                    raise ExportError("static int8 quantization needs calibration inputs; none were given")
+                _quantize_static(fp32_path, q_path, calibration, options)
+                extra["calibration_samples"] = len(calibration)
+            else:
+                raise ExportError(f"int8 needs options['quantization'] = 'dynamic' or 'static', got {method!r}")
+            model = onnx.load(str(q_path))
+            extra["quantization"] = method
+        else:
+            raise ExportError(f"The ONNX back-end has no precision {precision!r}")
+        files = save_model(model, out_dir / MODEL_FILE, options.get("external_data"))
+    extra["external_data"] = len(files) > 1
+    inputs, outputs = graph_io(model)
+    return ConvertedModel(path=out_dir / MODEL_FILE, files=files, inputs=inputs, outputs=outputs,
+                          precision=precision, extra=extra)
+
+
+def export_fp32(module, example_inputs, output_names, path: Path, dynamic_axes=None) -> Path:
+    """torch.onnx.export of a component wrapper at fp32 (TorchScript exporter, opset 17)."""
+    import torch
+
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            tuple(example_inputs.values()),
+            str(path),
+            input_names=list(example_inputs),
+            output_names=list(output_names),
+            dynamic_axes=dynamic_axes or None,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return path
+
+
+def _weights_bytes(model) -> int:
+    from onnx.external_data_helper import uses_external_data
+
+    total = 0
+    for t in model.graph.initializer:
+        total += int(np.prod(t.dims)) * 4 if uses_external_data(t) else len(t.raw_data) or int(np.prod(t.dims)) * 4
+    return total
+
+
+def save_model(model, path: Path, external_data: bool | None = None) -> list[Path]:
+    """Save ``model``; weights go to ``model.onnx_data`` beside it when large (or when asked)."""
+    import onnx
+
+    if external_data is None:
+        external_data = _weights_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    if external_data:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=DATA_FILE, size_threshold=1024)
+        return [path, path.parent / DATA_FILE]
+    onnx.save_model(model, str(path))
+    return [path]
+
+
+def graph_io(model) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """TensorInfo of the graph's inputs and outputs (dynamic dims by name)."""
+    from onnx import helper
+
+    def info(v) -> TensorInfo:
+        t = v.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim)
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)).name
+        return TensorInfo(name=v.name, shape=shape, dtype=dtype, layout="NCHW" if len(shape) == 4 else None)
+
+    return [info(v) for v in model.graph.input], [info(v) for v in model.graph.output]
+
+
+def _to_fp16(model, io_dtype: str):
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    return convert_float_to_float16(
+        model,
+        keep_io_types=io_dtype == "fp32",
+        op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP16_KEEP_FP32_OPS),
+        # onnx's shape inference refuses protos over 2 GiB; the converter then works without it.
+        disable_shape_infer=_weights_bytes(model) > EXTERNAL_DATA_THRESHOLD,
+    )
+
+
+def _quantize_dynamic(src: Path, dst: Path, options: dict[str, Any]) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # ORT's CPU ConvInteger kernel takes uint8 weights only; int8 would fail at session creation.
+    quantize_dynamic(
+        str(src), str(dst),
+        op_types_to_quantize=options.get("op_types", ["MatMul", "Gemm", "Conv"]),
+        per_channel=options.get("per_channel", False),
+        weight_type=QuantType.QUInt8,
+        use_external_data_format=_is_large(src),
+    )
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over a list of input dicts."""
+
+    def __init__(self, samples: list[dict[str, np.ndarray]], dtypes: dict[str, np.dtype]):
+        self._it = iter([{k: np.asarray(v).astype(dtypes[k]) for k, v in s.items()} for s in samples])
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # unused by the MinMax calibrator
+        raise NotImplementedError
+
+
+def _quantize_static(src: Path, dst: Path, calibration, options: dict[str, Any]) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    model = onnx.load(str(src), load_external_data=False)
+    inputs, _ = graph_io(model)
+    dtypes = {i.name: np.dtype(i.dtype) for i in inputs}
+    quantize_static(
+        str(src), str(dst),
+        _Reader(calibration, dtypes),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=options.get("op_types", ["Conv", "MatMul", "Gemm"]),
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        use_external_data_format=_is_large(src),
+        # Symmetric int8 weights, asymmetric uint8 activations: what ORT's x86 QDQ fusions (QLinearConv) expect.
+        # Reduce ranges after every sample: the augmented model outputs every activation, which at
+        # 512 px would otherwise pile up to many GB across calibration samples.
+        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False, "CalibMaxIntermediateOutputs": 1},
+    )
+
+
+def _is_large(path: Path) -> bool:
+    return sum(f.stat().st_size for f in path.parent.iterdir() if f.is_file()) > EXTERNAL_DATA_THRESHOLD
+
+
+# ---------------------------------------------------------------------------------------------
+# running
+
+
+def load_runner(converted_or_path: ConvertedModel | str | Path, *, threads: int | None = None):
+    """An onnxruntime (CPU) session wrapped as ``feeds dict -> outputs dict``."""
+    import onnxruntime as ort
+
+    path = converted_or_path.path if isinstance(converted_or_path, ConvertedModel) else Path(converted_or_path)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # constant-folding notices about fp16 kernels are not actionable
+    if threads:
+        so.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(None, feeds)))
+
+    run.session = session  # for callers that want the raw session (benchmarks)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# targets
+
+
+class _OnnxTarget(ExportTarget):
+    FORMAT = "onnx"
+    convert = staticmethod(convert)
+    load_runner = staticmethod(load_runner)
+
+    @classmethod
+    def write_layout_files(cls, root: Path, info: dict[str, Any]) -> list[Path]:
+        """optimum's diffusion layout: ``model_index.json`` naming the ONNX pipeline parts."""
+        import json
+
+        index = {
+            "_class_name": "ORTStableDiffusionPipeline",
+            "_diffusers_version": info.get("versions", {}).get("diffusers", ""),
+            "scheduler": ["diffusers", info["scheduler"]["_class_name"]],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "requires_safety_checker": False,
+            "safety_checker": [None, None],
+            "feature_extractor": [None, None],
+        }
+        for component in info["components"]:
+            index[component] = ["diffusers", "OnnxRuntimeModel"]
+        path = root / "model_index.json"
+        path.write_text(json.dumps(index, indent=2) + "\n")
+        return [path]
+
+
+# int8 thresholds: the VAE decoder's seeded latents reach beyond the calibrated (real) range.
+INT8_TOLERANCES = {
+    "default": Tolerance(min_psnr=20.0, min_cosine=0.99),
+    "vae_decoder": Tolerance(min_psnr=20.0, min_cosine=0.97),
+}
+
+
+# optimum's own atol is 1e-5 (VAE 3e-4) on real weights; random-weight toy and full-size
+# models through ORT's fused kernels differ by a few 1e-5, and the decoder's outputs are
+# ~[-1, 1] images with long conv chains.
+@register_target
+class OnnxFp32(_OnnxTarget):
+    PRECISION = "fp32"
+    DESCRIPTION = "float32, reference accuracy"
+    TOLERANCES = {
+        "default": Tolerance(atol=1e-4, rtol=1e-3),
+        "vae_decoder": Tolerance(atol=1e-3, rtol=1e-3),
+        "vae_encoder": Tolerance(atol=1e-3, rtol=1e-3),
+    }
+
+
+@register_target
+class OnnxFp16(_OnnxTarget):
+    PRECISION = "fp16"
+    DESCRIPTION = "float16 weights and math, softmax/normalisation/pow/reduce/sin/cos kept in fp32, fp32 I/O"
+    TOLERANCES = {"default": Tolerance(min_psnr=40.0, min_cosine=0.9995)}
+    OPTIONS = {"default": {"io_dtype": "fp32"}}
+
+
+@register_target
+class OnnxInt8Dynamic(_OnnxTarget):
+    PRECISION = "int8-dynamic"
+    DESCRIPTION = ("weight-only/dynamic int8 (quantize_dynamic): 4x smaller, no calibration; "
+                   "ORT's ConvInteger path is SLOWER than fp32 on CPU for conv-heavy U-Net/VAE")
+    TOLERANCES = INT8_TOLERANCES
+    OPTIONS = {"default": {"quantization": "dynamic"}}
+
+
+@register_target
+class OnnxInt8Static(_OnnxTarget):
+    PRECISION = "int8-static"
+    DESCRIPTION = "static QDQ int8 everywhere (per-channel weights, activations calibrated on real pipeline inputs)"
+    TOLERANCES = INT8_TOLERANCES
+    NEEDS_CALIBRATION = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+    OPTIONS = {"default": {"quantization": "static"}}
+
+
+@register_target
+class OnnxInt8(_OnnxTarget):
+    PRECISION = "int8"
+    DESCRIPTION = ("recommended int8: static QDQ (calibrated) for the U-Net and VAE, which runs faster than fp32 "
+                   "on CPU; dynamic int8 for the text encoder (MatMul-only, accurate without calibration)")
+    TOLERANCES = INT8_TOLERANCES
+    NEEDS_CALIBRATION = ("unet", "vae_decoder", "vae_encoder")
+    OPTIONS = {"default": {"quantization": "static"}, "text_encoder": {"quantization": "dynamic"}}

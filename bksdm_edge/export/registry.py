@@ -1,0 +1,162 @@
+"""Export targets (format x precision) as data.
+
+Each target is a class whose class attributes declare everything the framework
+needs, in the spirit of optimum's ``OnnxConfig`` (``ATOL_FOR_VALIDATION``): the
+back-end functions, per-component validation tolerances, which components need
+calibration inputs, and whether the runtime can run here. A back-end module
+registers its targets with ``@register_target``::
+
+    @register_target
+    class TFLiteFp16(ExportTarget):
+        FORMAT = "tflite"
+        PRECISION = "fp16"
+        DESCRIPTION = "float16 weights, float32 I/O"
+        TOLERANCES = {"default": Tolerance(min_psnr=35, min_cosine=0.999)}
+        convert = staticmethod(convert)          # see base.py for the contract
+        load_runner = staticmethod(load_runner)
+
+The framework (``pipeline.export_bundle``, ``validation``, ``generate``) looks
+targets up here and never branches on the format. This module imports no torch,
+and back-end modules must keep their torch imports inside functions, so that
+``bksdm-edge generate`` can load a runner without PyTorch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from .base import ConvertedModel, ExportError
+
+# Format -> module that registers its targets when imported. Modules that are not
+# written yet (or whose runtime is not installed) are skipped by ``all_targets``.
+FORMAT_MODULES: dict[str, str] = {
+    "onnx": "bksdm_edge.export.onnx",
+    "tflite": "bksdm_edge.export.tflite",
+    "coreml": "bksdm_edge.export.coreml",
+}
+
+ALL_COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Validation thresholds of one component.
+
+    fp32 targets set ``atol``/``rtol`` (numpy ``allclose``); reduced-precision targets set
+    ``min_psnr`` (dB, peak = max |reference|, as apple/ml-stable-diffusion) and ``min_cosine``.
+    Every threshold that is set must hold.
+    """
+
+    atol: float | None = None
+    rtol: float | None = None
+    min_psnr: float | None = None
+    min_cosine: float | None = None
+
+    def to_json(self) -> dict[str, float]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+class ExportTarget:
+    """Base class of a registered target; subclasses set the class attributes."""
+
+    FORMAT: ClassVar[str]
+    PRECISION: ClassVar[str]
+    DESCRIPTION: ClassVar[str] = ""
+    # Per component, with a "default" entry for components not listed.
+    TOLERANCES: ClassVar[dict[str, Tolerance]]
+    # Components this target can export.
+    COMPONENTS: ClassVar[tuple[str, ...]] = ALL_COMPONENTS
+    # Components whose conversion needs calibration inputs (real inputs gathered from the pipeline).
+    NEEDS_CALIBRATION: ClassVar[tuple[str, ...]] = ()
+    # Canonical tensor name -> the name this format's runtime expects (e.g. Core ML's "z"); others unchanged.
+    TENSOR_NAMES: ClassVar[dict[str, str]] = {}
+    # Extra keyword options passed to ``convert(..., options=...)`` per component ("default" for the rest).
+    OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    # Back-end functions (see base.py). Set with staticmethod(...).
+    convert: ClassVar[Callable[..., ConvertedModel]]
+    load_runner: ClassVar[Callable[..., Callable]]
+    # A check of the saved model for back-ends whose runtime cannot run here:
+    # ``static_check(converted: ConvertedModel) -> list[str]`` (failure messages; empty = passed).
+    static_check: ClassVar[Callable[[ConvertedModel], list[str]] | None] = None
+
+    @classmethod
+    def name(cls) -> str:
+        return f"{cls.FORMAT}-{cls.PRECISION}"
+
+    @classmethod
+    def tolerance(cls, component: str) -> Tolerance:
+        return cls.TOLERANCES.get(component, cls.TOLERANCES["default"])
+
+    @classmethod
+    def options(cls, component: str) -> dict[str, Any]:
+        return dict(cls.OPTIONS.get(component, cls.OPTIONS.get("default", {})))
+
+    @classmethod
+    def runtime_unavailable(cls) -> str | None:
+        """Why the exported model cannot be run on this machine (None = it can)."""
+        return None
+
+    @classmethod
+    def write_layout_files(cls, root: Path, info: dict[str, Any]) -> list[Path]:
+        """Write format-specific files at the bundle root (e.g. ONNX's model_index.json); returns them."""
+        return []
+
+
+_TARGETS: dict[tuple[str, str], type[ExportTarget]] = {}
+
+
+def register_target(cls: type[ExportTarget]) -> type[ExportTarget]:
+    """Class decorator: add a target to the registry (one per format x precision)."""
+    for attr in ("FORMAT", "PRECISION", "TOLERANCES", "convert", "load_runner"):
+        if not hasattr(cls, attr):
+            raise TypeError(f"export target {cls.__name__} does not set {attr}")
+    if "default" not in cls.TOLERANCES:
+        raise TypeError(f"export target {cls.__name__}: TOLERANCES needs a 'default' entry")
+    key = (cls.FORMAT, cls.PRECISION)
+    if key in _TARGETS and _TARGETS[key] is not cls:
+        raise TypeError(f"two export targets for {key}: {_TARGETS[key].__name__} and {cls.__name__}")
+    _TARGETS[key] = cls
+    return cls
+
+
+def _import_format(fmt: str) -> None:
+    if fmt not in FORMAT_MODULES:
+        raise ExportError(f"Unknown export format {fmt!r}; choose from {', '.join(FORMAT_MODULES)}")
+    try:
+        importlib.import_module(FORMAT_MODULES[fmt])
+    except ModuleNotFoundError as err:
+        if err.name == FORMAT_MODULES[fmt]:
+            raise ExportError(f"The {fmt} back-end ({FORMAT_MODULES[fmt]}) is not available in this version.") from err
+        raise ExportError(f"The {fmt} back-end needs the package {err.name!r}, which is not installed.") from err
+
+
+def get_target(fmt: str, precision: str) -> type[ExportTarget]:
+    """The registered target for ``fmt`` x ``precision``; a clear error listing the choices otherwise."""
+    _import_format(fmt)
+    if (fmt, precision) not in _TARGETS:
+        choices = sorted(p for f, p in _TARGETS if f == fmt)
+        raise ExportError(f"No {fmt} target for precision {precision!r}; choose from {', '.join(choices)}")
+    return _TARGETS[(fmt, precision)]
+
+
+def all_targets() -> dict[tuple[str, str], type[ExportTarget]]:
+    """Every registered target of every format whose back-end imports here."""
+    for fmt in FORMAT_MODULES:
+        try:
+            _import_format(fmt)
+        except ExportError:
+            continue
+    return dict(_TARGETS)
+
+
+def precisions(fmt: str) -> list[str]:
+    """Precisions registered for a format (empty when its back-end is unavailable)."""
+    try:
+        _import_format(fmt)
+    except ExportError:
+        return []
+    return sorted(p for f, p in _TARGETS if f == fmt)
