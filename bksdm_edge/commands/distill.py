@@ -1,0 +1,125 @@
+"""``bksdm-edge distill``: train a BK-SDM student from its teacher (task + output-KD + feature-KD losses)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _bool_flag(p, name: str, default: bool, help: str) -> None:
+    p.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=default, help=help)
+
+
+def add_data_arguments(p) -> None:
+    """Data options shared with ``cache-latents``."""
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="image folder with metadata.jsonl (file_name, text), a CSV/JSONL of image paths and "
+                   "captions, or a Hugging Face dataset name / save_to_disk folder")
+    g.add_argument("--resolution", type=int, default=512, help="training resolution in pixels (default 512)")
+    g.add_argument("--random-crop", action="store_true", help="seeded random crops instead of center crops")
+    _bool_flag(g, "flip", True, "random horizontal flips (default on, as in the paper)")
+    g.add_argument("--image-column", help="image column (default: file_name/image/path)")
+    g.add_argument("--caption-column", help="caption column (default: text/caption/prompt)")
+    g.add_argument("--split", default="train", help="split of a Hugging Face dataset (default train)")
+    g.add_argument("--skip-bad-rows", action="store_true", help="drop unreadable images / missing captions, "
+                   "reporting their count, instead of failing")
+    g.add_argument("--cache-dir", help="latent + text-embedding cache (see `bksdm-edge cache-latents`); built here "
+                   "first when missing")
+    g.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32",
+                   help="storage dtype of a cache built by this command (float16 halves disk, no longer bit-exact)")
+    g.add_argument("--num-workers", type=int, default=4, help="DataLoader workers (default 4)")
+
+
+def data_config(args):
+    from ..distill.config import DataConfig
+
+    return DataConfig(
+        source=args.data, resolution=args.resolution, center_crop=not args.random_crop, random_flip=args.flip,
+        image_column=args.image_column, caption_column=args.caption_column, split=args.split,
+        skip_bad_rows=args.skip_bad_rows, cache_dir=args.cache_dir, cache_dtype=args.cache_dtype,
+        num_workers=args.num_workers,
+    )
+
+
+def register(subparsers) -> None:
+    from ..variants import VARIANTS
+
+    p = subparsers.add_parser(
+        "distill",
+        help="distil a BK-SDM student from its teacher",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train a BK-SDM student (initialised from the teacher) with λ_task·L_task + λ_out·L_outKD + "
+        "λ_feat·L_featKD. Defaults are the paper's recipe. Runs on CPU, one GPU or `accelerate launch "
+        "--multi_gpu`. Writes RUN_DIR/unet (+ unet_ema), run_config.json, checkpoints/ and logs/. "
+        "See docs/distill.md.",
+    )
+    p.add_argument("--teacher", required=True, help="teacher model source (builtin:..., diffusers folder, hub id)")
+    p.add_argument("--variant", required=True, choices=sorted(VARIANTS), help="BK-SDM variant")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--student", help="start from this student U-Net folder instead of the teacher-initialised one")
+    add_data_arguments(p)
+    t = p.add_argument_group("training")
+    t.add_argument("--max-steps", type=int, default=50_000, help="optimizer steps")
+    t.add_argument("--batch-size", type=int, default=64, help="images per process per micro-batch")
+    t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (paper: 4)")
+    t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no",
+                   help="mixed precision (paper: fp16 on GPU)")
+    t.add_argument("--gradient-checkpointing", action="store_true", help="recompute student activations")
+    t.add_argument("--ema", action="store_true", help="keep an EMA of the student (saved as RUN_DIR/unet_ema)")
+    t.add_argument("--ema-decay", type=float, default=0.9999)
+    t.add_argument("--seed", type=int, default=0)
+    l = p.add_argument_group("loss")
+    l.add_argument("--lambda-task", type=float, default=1.0, help="weight of MSE(student, noise or velocity)")
+    l.add_argument("--lambda-out", type=float, default=1.0, help="weight of MSE(student, teacher output)")
+    l.add_argument("--lambda-feat", type=float, default=1.0, help="weight of the summed feature MSEs")
+    o = p.add_argument_group("optimizer")
+    o.add_argument("--lr", type=float, default=5e-5, help="learning rate")
+    o.add_argument("--lr-scheduler", default="constant",
+                   help="diffusers.optimization.get_scheduler name (constant, linear, cosine, constant_with_warmup, ...)")
+    o.add_argument("--lr-warmup-steps", type=int, default=0)
+    o.add_argument("--weight-decay", type=float, default=1e-2)
+    o.add_argument("--max-grad-norm", type=float, default=1.0)
+    o.add_argument("--use-8bit-adam", action="store_true", help="bitsandbytes AdamW8bit (needs bitsandbytes, CUDA)")
+    c = p.add_argument_group("checkpoints and logging")
+    c.add_argument("--checkpoint-every", type=int, default=500, help="checkpoint interval in steps (0: never)")
+    c.add_argument("--keep-checkpoints", type=int, default=3, help="newest checkpoints kept (0: all)")
+    c.add_argument("--resume", help="'latest' or a checkpoint folder")
+    c.add_argument("--validation-prompts", nargs="*", default=[], help="prompts rendered with the student")
+    c.add_argument("--validate-every", type=int, default=500, help="validation interval in steps")
+    c.add_argument("--validation-inference-steps", type=int, default=25)
+    c.add_argument("--report-to", choices=["auto", "tensorboard", "none"], default="auto",
+                   help="auto: TensorBoard when installed; a JSONL log of every step is always written")
+    c.add_argument("--log-every", type=int, default=1, help="progress-bar / tracker interval in steps")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args):
+    from ..distill.config import CheckpointConfig, DistillConfig, LossConfig, OptimConfig, ValidationConfig
+
+    return DistillConfig(
+        teacher=args.teacher, variant=args.variant, out=args.out, student=args.student,
+        max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+        mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+        ema=args.ema, ema_decay=args.ema_decay, seed=args.seed, report_to=args.report_to,
+        log_every=args.log_every, progress=not args.no_progress,
+        data=data_config(args),
+        loss=LossConfig(args.lambda_task, args.lambda_out, args.lambda_feat),
+        optim=OptimConfig(lr=args.lr, lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
+                          weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
+                          use_8bit_adam=args.use_8bit_adam),
+        checkpoint=CheckpointConfig(every=args.checkpoint_every, keep=args.keep_checkpoints, resume=args.resume),
+        validation=ValidationConfig(prompts=tuple(args.validation_prompts), every=args.validate_every,
+                                    num_inference_steps=args.validation_inference_steps),
+    )
+
+
+def run(args) -> int:
+    from ..distill import distill
+
+    result = distill(config_from_args(args), command=["bksdm-edge", *sys.argv[1:]])
+    summary = {"steps": result.steps, "unet": str(result.unet_dir), "unet_ema": str(result.ema_dir or ""),
+               "skipped_rows": result.skipped_rows, "last_losses": result.last_losses}
+    print(json.dumps(summary, indent=2))
+    return 0
