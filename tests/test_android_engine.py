@@ -16,7 +16,7 @@ TEST_SH = Path(__file__).resolve().parents[1] / "android_demo" / "engine" / "tes
     reason="kotlinc is not installed (apt-get install -y kotlin junit4); CI installs it",
 )
 def test_kotlin_engine_unit_tests_pass():
-    # First run compiles (~30 s CPU with kotlinc 1.3); later runs reuse build/test-sh/.
+    # First run compiles (~15 s CPU with kotlinc 1.3); later runs reuse build/test-sh/.
     proc = subprocess.run(["bash", str(TEST_SH)], capture_output=True, text=True, timeout=900)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
