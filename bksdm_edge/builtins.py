@@ -192,7 +192,24 @@ TINY_SD_V2 = dataclasses.replace(
     pad_token="!",
 )
 
+# A trained teacher: the SD-v1 topology at toy widths, trained here on scikit-learn's handwritten digits
+# (benchmarks/mini_sd/train_teacher.py; weights and train_config.json in bksdm_edge/weights/mini-sd-digits).
+# 32 px images, a factor-2 VAE: 16x16 latents, so the innermost U-Net stage is 2x2 and BK-SDM-Tiny applies.
+MINI_SD_DIGITS = dataclasses.replace(
+    MINI_SD,
+    name="mini-sd-digits",
+    description="SD-v1 topology trained on handwritten digits (32 px; prompts like 'a handwritten digit seven')",
+    unet={**MINI_SD.unet, "block_out_channels": [16, 32, 64, 64], "cross_attention_dim": 32,
+          "attention_head_dim": 2, "norm_num_groups": 8},
+    vae={**MINI_SD.vae, "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
+         "block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 32,
+         "scaling_factor": 1.0},
+    text_encoder={**MINI_SD.text_encoder, "hidden_size": 32, "intermediate_size": 64, "projection_dim": 32},
+    default_resolution=32,
+    weights="weights/mini-sd-digits",
+)
+
 BUILTINS: dict[str, BuiltinSpec] = {
-    spec.name: spec for spec in (SD_V14, SD_V21_BASE, SD_V21, MINI_SD, TINY_SD, TINY_SD_V2)
+    spec.name: spec for spec in (SD_V14, SD_V21_BASE, SD_V21, MINI_SD, TINY_SD, TINY_SD_V2, MINI_SD_DIGITS)
 }
 DEFAULT_BUILTIN = "mini-sd"
