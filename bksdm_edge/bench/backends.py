@@ -1,0 +1,305 @@
+"""Benchmark back-ends as a registry: PyTorch eager, and one back-end per export format.
+
+A back-end turns a scenario's component into an on-disk *artifact* (``prepare``, run once
+per model/component/format/precision/shape in its own process and cached) and loads that
+artifact into something callable (``load``, timed in the measuring process). Export
+back-ends are generated from ``bksdm_edge.export.registry``: the harness never branches
+on the format, and a format or precision the registry does not (yet) have becomes a row
+whose ``error`` says so.
+
+Plugins (e.g. test fakes) register more back-ends with ``@register_backend``; list their
+module in the config's ``plugins`` so the worker processes import them too.
+
+No torch import at module level: the parent process and ONNX/LiteRT workers stay torch-free.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from .scenario import TEACHER, Scenario
+
+ARTIFACT_META = "artifact.json"
+INPUTS_FILE = "inputs.npz"
+
+
+class BackendUnavailable(Exception):
+    """The scenario cannot run on this back-end (message goes to the ``error`` column)."""
+
+
+@dataclass
+class Loaded:
+    """A loaded model: ``feed`` converts numpy inputs once, ``run`` is the timed call, ``sync`` waits for the device."""
+
+    run: Callable[[Any], Any]
+    feed: Callable[[dict[str, np.ndarray]], Any] = lambda feeds: feeds
+    sync: Callable[[], None] = lambda: None
+    info: dict[str, Any] | None = None
+
+
+class Backend:
+    """Base class of a benchmark back-end."""
+
+    NAME: ClassVar[str]
+    DEVICES: ClassVar[tuple[str, ...]] = ("cpu",)  # device kinds (prefix before ':') it runs on locally
+    # Imported before the load clock starts: library import time is not model load time.
+    RUNTIME_MODULES: ClassVar[tuple[str, ...]] = ()
+
+    def precisions(self) -> list[str]:
+        raise NotImplementedError
+
+    def artifact_precision(self, precision: str) -> str:
+        """The precision of the artifact on disk (PyTorch casts at load time, so it stores fp32)."""
+        return precision
+
+    def artifact_format(self) -> str:
+        return self.NAME
+
+    def check(self, s: Scenario) -> None:
+        """Raise ``BackendUnavailable`` when the scenario cannot run; called in the parent before any work."""
+        available = self.precisions()
+        if not available:
+            raise BackendUnavailable(f"{self.NAME}: no precision is available here")
+        if s.precision not in available:
+            raise BackendUnavailable(
+                f"{self.NAME} has no precision {s.precision!r} here; available: {', '.join(available)}")
+        kind = s.device.split(":")[0]
+        if kind not in self.DEVICES and kind != "android":
+            raise BackendUnavailable(f"{self.NAME} does not run on device {s.device!r} (runs on {', '.join(self.DEVICES)})")
+
+    def prepare(self, s: Scenario, module, example_inputs: dict[str, Any], output_names, out_dir: Path) -> dict:
+        """Write the artifact for ``s`` into ``out_dir``; return {"files": [...], "main": path, "extra": {...}}."""
+        raise NotImplementedError
+
+    def load(self, s: Scenario, artifact_dir: Path, meta: dict) -> Loaded:
+        raise NotImplementedError
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(cls: type[Backend]) -> type[Backend]:
+    """Class decorator: register a back-end instance under ``cls.NAME``."""
+    _BACKENDS[cls.NAME] = cls()
+    return cls
+
+
+def get_backend(name: str) -> Backend:
+    if name not in _BACKENDS:
+        raise BackendUnavailable(f"unknown backend {name!r}; registered: {', '.join(sorted(_BACKENDS))}")
+    return _BACKENDS[name]
+
+
+def backend_names() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch eager
+
+
+@register_backend
+class TorchBackend(Backend):
+    """PyTorch eager on the component wrapper that every export format also converts.
+
+    The artifact is the pickled fp32 wrapper (``torch.save``); fp16/bf16 cast it at load.
+    """
+
+    NAME = "pytorch"
+    DEVICES = ("cpu", "cuda")
+    RUNTIME_MODULES = ("torch", "diffusers", "transformers")
+    FILE = "module.pt"
+
+    def precisions(self) -> list[str]:
+        return ["fp32", "fp16", "bf16"]
+
+    def artifact_precision(self, precision: str) -> str:
+        return "fp32"
+
+    def check(self, s: Scenario) -> None:
+        super().check(s)
+        if s.device.startswith("android"):
+            raise BackendUnavailable("PyTorch eager does not run on android devices; use litert or onnxruntime")
+        if s.precision == "fp16" and not s.device.startswith("cuda"):
+            raise BackendUnavailable("PyTorch fp16 is for CUDA; on CPU use bf16")
+
+    def prepare(self, s, module, example_inputs, output_names, out_dir):
+        import torch
+
+        path = out_dir / self.FILE
+        torch.save(module, path)
+        return {"files": [self.FILE], "main": self.FILE, "extra": {}}
+
+    def load(self, s, artifact_dir, meta):
+        import torch
+
+        torch.set_num_threads(s.threads)
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[s.precision]
+        device = torch.device(s.device)
+        module = torch.load(artifact_dir / meta["main"], weights_only=False, map_location=device)
+        module = module.to(dtype).eval()
+        cuda = device.type == "cuda"
+
+        def feed(feeds):
+            return {k: torch.from_numpy(v).to(device=device, dtype=dtype if v.dtype.kind == "f" else None)
+                    for k, v in feeds.items()}
+
+        @torch.inference_mode()
+        def run(inputs):
+            return module(**inputs)
+
+        return Loaded(run=run, feed=feed, sync=torch.cuda.synchronize if cuda else (lambda: None),
+                      info={"torch_threads": torch.get_num_threads()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Export formats, through the export registry
+
+
+class ExportBackend(Backend):
+    """A runtime for one export format; precisions are whatever the export registry has."""
+
+    FORMAT: ClassVar[str]
+
+    def artifact_format(self) -> str:
+        return self.FORMAT
+
+    def precisions(self) -> list[str]:
+        from ..export import registry
+
+        return registry.precisions(self.FORMAT)
+
+    def check(self, s: Scenario) -> None:
+        from ..export import registry
+
+        try:
+            registry.get_target(self.FORMAT, s.precision)
+        except Exception as err:  # ExportError: not written yet / missing package / no such precision
+            raise BackendUnavailable(f"not exportable yet: {err}") from None
+        super().check(s)
+        target = registry.get_target(self.FORMAT, s.precision)
+        if s.component not in target.COMPONENTS:
+            raise BackendUnavailable(f"{target.name()} cannot export {s.component}")
+        if not s.device.startswith("android"):
+            why = target.runtime_unavailable()
+            if why:
+                raise BackendUnavailable(f"{target.name()} exports here but cannot run here: {why}")
+
+    def prepare(self, s, module, example_inputs, output_names, out_dir):
+        from ..export import registry
+
+        target = registry.get_target(self.FORMAT, s.precision)
+        options = target.options(s.component)
+        options.update(s.options.get("export", {}))
+        calibration = None
+        if s.component in target.NEEDS_CALIBRATION:
+            calibration = s.options["_calibration"]
+        converted = target.convert(module, example_inputs, list(output_names), out_dir, s.precision,
+                                   calibration=calibration, options=options)
+        files = [str(Path(f).resolve().relative_to(out_dir.resolve())) for f in converted.files]
+        main = str(Path(converted.path).resolve().relative_to(out_dir.resolve()))
+        return {"files": files, "main": main, "extra": {**converted.extra, "target": target.name(),
+                                                         "options": {k: v for k, v in options.items()}}}
+
+    def load(self, s, artifact_dir, meta):
+        from ..export import registry
+
+        target = registry.get_target(self.FORMAT, s.precision)
+        load_runner = target.load_runner
+        kwargs = {}
+        params = inspect.signature(load_runner).parameters
+        if "threads" in params:
+            kwargs["threads"] = s.threads
+        for k, v in s.options.get("runner", {}).items():
+            if k in params:
+                kwargs[k] = v
+        runner = load_runner(artifact_dir / meta["main"], **kwargs)
+        return Loaded(run=runner)
+
+
+@register_backend
+class OnnxRuntimeBackend(ExportBackend):
+    NAME = "onnxruntime"
+    FORMAT = "onnx"
+    RUNTIME_MODULES = ("onnxruntime", "bksdm_edge.export.onnx")
+
+
+@register_backend
+class LiteRTBackend(ExportBackend):
+    NAME = "litert"
+    FORMAT = "tflite"
+    RUNTIME_MODULES = ("ai_edge_litert.interpreter", "bksdm_edge.export.tflite")
+
+
+@register_backend
+class CoreMLBackend(ExportBackend):
+    NAME = "coreml"
+    FORMAT = "coreml"
+    RUNTIME_MODULES = ("coremltools", "bksdm_edge.export.coreml")
+
+
+# ---------------------------------------------------------------------------------------------
+# artifacts
+
+
+def artifact_dir(cache: Path, s: Scenario, backend: Backend) -> Path:
+    """Where the artifact of ``s`` lives: shared by scenarios that differ only in threads/repeats/device."""
+    source = s.source.replace(":", "_").replace("/", "_")
+    model = s.model if s.model == TEACHER or "/" not in s.model else "folder_" + Path(s.model).name
+    return (cache / source / model / s.component / f"{backend.artifact_format()}-{backend.artifact_precision(s.precision)}"
+            / f"{s.resolution}px-b{s.batch}")
+
+
+def read_meta(path: Path) -> dict | None:
+    f = path / ARTIFACT_META
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def build_module(s: Scenario):
+    """The scenario's component wrapper (fp32, CPU) and its seeded example inputs (torch)."""
+    from ..export.components import COMPONENTS, ShapeConfig
+    from ..loading import load_model
+
+    spec = COMPONENTS[s.component]
+    parts = {"unet": ("unet", "vae"), "text_encoder": ("text_encoder",),
+             "vae": ("vae",)}[spec.needs]
+    folder = None if s.model == TEACHER or not Path(s.model).exists() else s.model
+    model = load_model(s.source, unet=folder, components=parts)
+    if s.model != TEACHER and folder is None and spec.needs == "unet":
+        from ..student import build_student
+
+        model.unet, _ = build_student(model.unet, s.model)
+    shape = ShapeConfig(height=s.resolution, width=s.resolution, batch=s.batch)
+    module = spec.module(model)
+    inputs = spec.example_inputs(model, shape, seed=0)
+    calibration = [{k: v.numpy() for k, v in spec.example_inputs(model, shape, seed=seed).items()}
+                   for seed in range(1, 1 + s.calibration_samples)]
+    return module, inputs, spec.output_names, calibration
+
+
+def prepare_artifact(s: Scenario, cache: Path) -> dict:
+    """Build the component and write its artifact (called in a worker process)."""
+    backend = get_backend(s.backend)
+    out = artifact_dir(cache, s, backend)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    module, inputs, output_names, calibration = build_module(s)
+    build_s = time.perf_counter() - t0
+    from dataclasses import replace
+
+    s2 = replace(s, options={**s.options, "_calibration": calibration})
+    t0 = time.perf_counter()
+    info = backend.prepare(s2, module, inputs, output_names, out)
+    info["export_s"] = time.perf_counter() - t0
+    info["build_s"] = build_s
+    np.savez(out / INPUTS_FILE, **{k: v.numpy() for k, v in inputs.items()})
+    info["size_bytes"] = sum((out / f).stat().st_size for f in info["files"])
+    (out / ARTIFACT_META).write_text(json.dumps(info, indent=2, default=str))
+    return info

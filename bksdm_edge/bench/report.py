@@ -1,0 +1,149 @@
+"""Report files of a benchmark run: results.json, results.csv, report.md and PNG plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+# The CSV schema (documented in benchmarks/README.md); JSON rows carry these plus raw times.
+CSV_COLUMNS = (
+    "model", "component", "backend", "precision", "batch", "resolution", "threads", "device",
+    "median_s", "p90_s", "min_s", "mean_s", "cold_s", "first_run_s", "load_s", "repeats", "warmup",
+    "peak_rss_mb", "baseline_rss_mb", "peak_gpu_mb", "size_mb", "export_s", "export_peak_rss_mb", "macs_g",
+    "speedup_vs_teacher", "mem_ratio_vs_teacher", "size_ratio_vs_teacher", "macs_ratio_vs_teacher",
+    "speedup_vs_teacher_pytorch_fp32", "load_average_1m", "source", "error",
+)
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or v == "":
+        return ""
+    if isinstance(v, float):
+        return f"{v:.{digits}f}" if abs(v) < 1e4 else f"{v:.0f}"
+    return str(v)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _fmt(r.get(k), 6) if isinstance(r.get(k), float) else r.get(k) for k in CSV_COLUMNS})
+
+
+def markdown_table(rows: list[dict]) -> str:
+    cols = [("model", "model"), ("component", "component"), ("backend", "backend"), ("precision", "prec"),
+            ("resolution", "px"), ("batch", "batch"), ("threads", "thr"), ("device", "device"),
+            ("median_s", "median s"), ("p90_s", "p90 s"), ("min_s", "min s"), ("cold_s", "cold s"),
+            ("load_s", "load s"), ("peak_rss_mb", "peak RSS MB"), ("size_mb", "size MB"),
+            ("speedup_vs_teacher", "speed-up"), ("speedup_vs_teacher_pytorch_fp32", "vs SD eager"),
+            ("mem_ratio_vs_teacher", "mem ratio"), ("size_ratio_vs_teacher", "size ratio"),
+            ("macs_ratio_vs_teacher", "MACs ratio"), ("error", "error")]
+    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = []
+        for k, _ in cols:
+            v = r.get(k)
+            if k == "error" and v:
+                v = str(v).replace("|", "/").replace("\n", " ")[:160]
+            elif k in ("peak_rss_mb", "size_mb") and isinstance(v, float):
+                v = f"{v:.0f}"
+            elif k.endswith("_vs_teacher") or k.endswith("pytorch_fp32"):
+                v = f"{v:.2f}x" if isinstance(v, float) else v
+            cells.append(_fmt(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine_markdown(doc: dict) -> str:
+    m = doc["machine"]
+    v = m.get("versions", {})
+    load = f"{m.get('load_average')} at start, {doc.get('load_average_end')} at end (1/5/15 min)"
+    loaded = ""
+    cpus = m.get("usable_cpus") or m.get("logical_cpus") or 1
+    la = [x for x in (m.get("load_average") or [0])[:1] + (doc.get("load_average_end") or [0])[:1]]
+    if max(la) > 0.75 * cpus:
+        loaded = (f"\n\n**Timings were taken on a loaded machine** (1-min load average up to {max(la):.1f} on "
+                  f"{cpus} usable CPUs): other jobs shared the cores, so absolute times are pessimistic and "
+                  "noisier than on an idle machine; ratios measured back to back are more reliable.")
+    return (f"- CPU: {m.get('cpu')} ({m.get('physical_cores')} physical cores, {m.get('logical_cpus')} logical, "
+            f"{cpus} usable by this process); SIMD: {' '.join(m.get('cpu_flags') or []) or 'n/a'}\n"
+            f"- RAM: {m.get('ram_gb')} GB ({m.get('ram_available_gb')} GB available at start); "
+            f"GPU: {', '.join(m.get('gpu') or []) or 'none'}\n"
+            f"- OS: {m.get('os')}\n- Load average: {load}\n"
+            f"- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + loaded)
+
+
+def plot(rows: list[dict], out_dir: Path) -> list[Path]:
+    """One PNG per (component, metric): bars per model, grouped by backend-precision; teacher as reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    ok = [r for r in rows if not r.get("error") and r.get("median_s")]
+    for component in sorted({r["component"] for r in ok}):
+        sub = [r for r in ok if r["component"] == component]
+        groups = sorted({f"{r['backend']}-{r['precision']}" + (f" @{r['device']}" if r["device"] != "cpu" else "")
+                         for r in sub})
+        models = ["teacher"] + sorted({r["model"] for r in sub} - {"teacher"})
+        for metric, label, fname in (("median_s", "median latency (s)", "latency"),
+                                     ("peak_rss_mb", "peak resident memory (MB)", "memory")):
+            fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(groups) * max(1, len(models)) / 2), 4.5))
+            width = 0.8 / max(1, len(models))
+            for j, model in enumerate(models):
+                xs, ys = [], []
+                for i, g in enumerate(groups):
+                    match = [r for r in sub if r["model"] == model and
+                             f"{r['backend']}-{r['precision']}" + (f" @{r['device']}" if r["device"] != "cpu" else "") == g]
+                    if match and match[0].get(metric):
+                        xs.append(i + (j - (len(models) - 1) / 2) * width)
+                        ys.append(match[0][metric])
+                bars = ax.bar(xs, ys, width, label=model, hatch="//" if model == "teacher" else None,
+                              edgecolor="black" if model == "teacher" else None)
+                for x, y in zip(xs, ys):
+                    ax.text(x, y, f"{y:.2f}" if metric == "median_s" else f"{y:.0f}", ha="center", va="bottom",
+                            fontsize=7)
+                del bars
+            ax.set_xticks(range(len(groups)))
+            ax.set_xticklabels(groups, rotation=20, ha="right", fontsize=8)
+            ax.set_ylabel(label)
+            r0 = sub[0]
+            ax.set_title(f"{component}, {r0['resolution']} px, batch {r0['batch']} (teacher hatched = reference)",
+                         fontsize=10)
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            path = out_dir / f"{fname}_{component}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+def write_report(doc: dict, out_dir: Path) -> list[Path]:
+    """Write every report file of a run into ``out_dir``; returns their paths."""
+    out_dir = Path(out_dir)
+    rows = doc["rows"]
+    (out_dir / "results.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    write_csv(rows, out_dir / "results.csv")
+    plots = plot(rows, out_dir)
+    failed = [r for r in rows if r.get("error")]
+    md = [f"# Benchmark `{doc['name']}`", "",
+          f"Run {doc['started']} -> {doc['finished']}; command: `{doc.get('command', '')}`", "",
+          "## Machine", "", machine_markdown(doc), "",
+          "## Results", "",
+          "Latency per call (one U-Net step for `unet`); median/p90/min over the timed repeats, warm-up runs "
+          "excluded; `cold` = load + first run. Ratios compare each row with the teacher on the same backend, "
+          "precision, shape, threads and device in this run (speed-up = teacher median / row median; memory and "
+          "size ratios = row / teacher). `vs SD eager` compares with the teacher in PyTorch fp32. `MACs ratio` is "
+          "the paper-convention ratio from the profiler.", "",
+          markdown_table(rows), ""]
+    if failed:
+        md += [f"{len(failed)} scenario(s) did not produce a timing; their `error` says why.", ""]
+    if plots:
+        md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    (out_dir / "report.md").write_text("\n".join(md))
+    return [out_dir / "results.json", out_dir / "results.csv", out_dir / "report.md", *plots]

@@ -1,0 +1,314 @@
+"""Run a benchmark config: every scenario in its own worker process, then ratios and the report."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from .backends import BackendUnavailable, artifact_dir, get_backend, read_meta
+from .scenario import BenchConfig, Scenario
+
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bksdm-edge" / "bench"
+
+
+@dataclass
+class ChildResult:
+    result: dict[str, Any]
+    peak_rss_mb: float | None
+    wall_s: float
+    returncode: int | None
+
+
+def _maxrss_mb(ru_maxrss: int) -> float:
+    # Linux reports KiB, macOS bytes.
+    return ru_maxrss / 2**20 if sys.platform == "darwin" else ru_maxrss / 2**10
+
+
+def run_child(task: dict, timeout_s: float, env: dict[str, str] | None = None) -> ChildResult:
+    """Run one worker task; its own peak RSS comes from ``os.wait4`` on that child alone."""
+    with tempfile.TemporaryDirectory(prefix="bksdm-bench-") as tmp:
+        task_file, result_file = Path(tmp) / "task.json", Path(tmp) / "result.json"
+        task_file.write_text(json.dumps(task, default=str))
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "bksdm_edge.bench.worker", str(task_file), str(result_file)],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        log_file = Path(tmp) / "log.txt"
+        # Drain output on a thread so a chatty child never blocks on a full pipe.
+        import threading
+
+        chunks: list[bytes] = []
+        reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stdout.read(65536), b"")), daemon=True)
+        reader.start()
+        status, rusage, timed_out = None, None, False
+        while True:
+            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() - start > timeout_s:
+                timed_out = True
+                os.killpg(proc.pid, signal.SIGKILL)
+                _, status, rusage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        reader.join(timeout=5)
+        wall = time.perf_counter() - start
+        output = b"".join(chunks).decode(errors="replace")
+        log_file.write_text(output)
+        if result_file.exists():
+            result = json.loads(result_file.read_text())
+        elif timed_out:
+            result = {"ok": False, "error": f"timed out after {timeout_s:.0f} s"}
+        elif proc.returncode < 0:
+            sig = signal.Signals(-proc.returncode).name
+            hint = " (killed: out of memory?)" if sig == "SIGKILL" else ""
+            result = {"ok": False, "error": f"worker died with {sig}{hint}"}
+        else:
+            tail = output.strip().splitlines()[-1:] or ["no output"]
+            result = {"ok": False, "error": f"worker exited with {proc.returncode}: {tail[0][:500]}"}
+        result["log_tail"] = output[-4000:]
+        return ChildResult(result, _maxrss_mb(rusage.ru_maxrss) if rusage else None, wall, proc.returncode)
+
+
+def _child_env(s: Scenario) -> dict[str, str]:
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(s.threads)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
+    return env
+
+
+def base_row(s: Scenario) -> dict[str, Any]:
+    return {
+        "model": s.model, "component": s.component, "backend": s.backend, "precision": s.precision,
+        "batch": s.batch, "resolution": s.resolution, "threads": s.threads, "device": s.device,
+        "repeats": s.repeats, "warmup": s.warmup, "source": s.source,
+        "median_s": None, "p90_s": None, "min_s": None, "mean_s": None, "cold_s": None, "first_run_s": None,
+        "load_s": None, "peak_rss_mb": None, "peak_gpu_mb": None, "baseline_rss_mb": None, "size_mb": None,
+        "export_s": None, "export_peak_rss_mb": None,
+        "speedup_vs_teacher": None, "mem_ratio_vs_teacher": None, "size_ratio_vs_teacher": None,
+        "macs_ratio_vs_teacher": None, "speedup_vs_teacher_pytorch_fp32": None, "macs_g": None,
+        "times_s": [], "warmup_s": [], "error": None,
+    }
+
+
+@dataclass
+class Runner:
+    """Runs scenarios one after another; rows are appended as they finish (``on_row`` sees each)."""
+
+    cache: Path = DEFAULT_CACHE
+    plugins: list[str] = field(default_factory=list)
+    android: dict[str, Any] = field(default_factory=dict)
+    log: Callable[[str], None] = print
+
+    def prepare(self, s: Scenario, row: dict) -> bool:
+        backend = get_backend(s.backend)
+        adir = artifact_dir(self.cache, s, backend)
+        meta = read_meta(adir)
+        if meta is None:
+            self.log(f"  preparing {adir.relative_to(self.cache)}")
+            child = run_child({"kind": "prepare", "scenario": s.to_json(), "cache": str(self.cache),
+                               "plugins": self.plugins}, s.timeout_s, _child_env(s))
+            if not child.result.get("ok"):
+                row["error"] = "export failed: " + child.result.get("error", "unknown")
+                return False
+            meta = read_meta(adir)
+            meta["export_peak_rss_mb"] = child.peak_rss_mb
+            (adir / "artifact.json").write_text(json.dumps(meta, indent=2, default=str))
+        row["export_s"] = meta.get("export_s")
+        row["export_peak_rss_mb"] = meta.get("export_peak_rss_mb")
+        row["size_mb"] = meta["size_bytes"] / 2**20
+        row["artifact"] = meta.get("extra", {})
+        return True
+
+    def run_scenario(self, s: Scenario) -> dict[str, Any]:
+        row = base_row(s)
+        try:
+            get_backend(s.backend).check(s)
+        except BackendUnavailable as err:
+            row["error"] = str(err)
+            return row
+        if not self.prepare(s, row):
+            return row
+        if s.device.startswith("android:"):
+            from .android import measure_on_android
+
+            try:
+                row.update(measure_on_android(s, artifact_dir(self.cache, s, get_backend(s.backend)), self.android))
+            except Exception as err:  # noqa: BLE001 - recorded in the row
+                row["error"] = f"{type(err).__name__}: {err}"
+            return row
+        child = run_child({"kind": "measure", "scenario": s.to_json(), "cache": str(self.cache),
+                           "plugins": self.plugins}, s.timeout_s, _child_env(s))
+        res = child.result
+        if not res.get("ok"):
+            row["error"] = res.get("error", "unknown")
+            return row
+        for k in ("median_s", "p90_s", "min_s", "mean_s", "cold_s", "first_run_s", "load_s", "peak_gpu_mb",
+                  "baseline_rss_mb", "times_s", "warmup_s"):
+            row[k] = res.get(k)
+        row["peak_rss_mb"] = child.peak_rss_mb
+        return row
+
+
+def add_ratios(rows: list[dict[str, Any]], macs: dict[tuple, int] | None = None) -> None:
+    """Per row: ratios to the teacher row with the same component/backend/precision/shape/threads/device."""
+    def key(r, **over):
+        d = {**r, **over}
+        return (d["source"], d["component"], d["backend"], d["precision"], d["resolution"], d["batch"],
+                d["threads"], d["device"])
+
+    teachers = {key(r): r for r in rows if r["model"] == "teacher" and not r["error"]}
+    for r in rows:
+        t = teachers.get(key(r))
+        if t is not None and not r["error"]:
+            if r["median_s"] and t["median_s"]:
+                r["speedup_vs_teacher"] = t["median_s"] / r["median_s"]
+            if r["peak_rss_mb"] and t["peak_rss_mb"]:
+                r["mem_ratio_vs_teacher"] = r["peak_rss_mb"] / t["peak_rss_mb"]
+            if r["size_mb"] and t["size_mb"]:
+                r["size_ratio_vs_teacher"] = r["size_mb"] / t["size_mb"]
+        ref = teachers.get(key(r, backend="pytorch", precision="fp32"))
+        if ref is not None and not r["error"] and r["median_s"]:
+            r["speedup_vs_teacher_pytorch_fp32"] = ref["median_s"] / r["median_s"]
+        if macs:
+            mine = macs.get((r["source"], r["model"], r["component"], r["resolution"]))
+            teacher = macs.get((r["source"], "teacher", r["component"], r["resolution"]))
+            if mine:
+                r["macs_g"] = mine * r["batch"] / 1e9
+            if mine and teacher:
+                r["macs_ratio_vs_teacher"] = mine / teacher
+
+
+def paper_macs(scenarios: list[Scenario], log: Callable[[str], None] = print) -> dict[tuple, int]:
+    """Paper-convention MACs per (source, model, component, resolution), batch 1, from the profiler."""
+    from ..profiler import profile_teacher_and_students
+
+    out: dict[tuple, int] = {}
+    groups: dict[tuple, set] = {}
+    for s in scenarios:
+        groups.setdefault((s.source, s.resolution), set()).add((s.model, s.component))
+    for (source, res), pairs in groups.items():
+        components = sorted({c for _, c in pairs})
+        variants = sorted({m for m, c in pairs if m != "teacher" and not Path(m).exists() and c == "unet"})
+        folders = sorted({m for m, c in pairs if m != "teacher" and Path(m).exists() and c == "unet"})
+        try:
+            rows = profile_teacher_and_students(source, variants, resolution=res, components=components)
+            for folder in folders:
+                rows += profile_teacher_and_students(source, (), unet=folder, resolution=res)[1:]
+        except Exception as err:  # noqa: BLE001 - MACs are informative; a failure leaves the column empty
+            log(f"  MACs not available for {source} at {res}px: {err}")
+            continue
+        for p in rows:
+            out[(source, p.name, p.component, res)] = p.macs_paper
+        # Students share the teacher's text encoder and VAE.
+        for m, c in pairs:
+            if c != "unet" and (source, "teacher", c, res) in out:
+                out.setdefault((source, m, c, res), out[(source, "teacher", c, res)])
+    return out
+
+
+def run_benchmark(config: BenchConfig, out_dir: str | Path, *, cache: str | Path | None = None,
+                  log: Callable[[str], None] = print, imported: list[dict] | None = None) -> dict[str, Any]:
+    """Run every scenario of ``config`` and write ``results.json``, ``results.csv``, ``report.md`` and plots.
+
+    Args:
+        config: the expanded config (see ``scenario.load_config``).
+        out_dir: the run's folder (``benchmarks/results/<run>``).
+        cache: where exported artifacts are kept between runs (default ``~/.cache/bksdm-edge/bench``).
+        log: progress messages.
+        imported: rows measured elsewhere (``importing.load_rows``), added to the report as they are.
+
+    Returns the results document (also written to ``results.json``).
+    """
+    from .machine import machine_info
+    from .report import write_report
+
+    for module in config.plugins:
+        importlib.import_module(module)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runner = Runner(cache=Path(cache) if cache else DEFAULT_CACHE, plugins=config.plugins, android=config.android,
+                    log=log)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    machine_start = machine_info()
+    rows = []
+    # Config order: the config decides what runs first (put the cheap, important rows early).
+    order = list(config.scenarios)
+    for i, s in enumerate(order, 1):
+        log(f"[{i}/{len(order)}] {s.label}")
+        t0 = time.perf_counter()
+        row = runner.run_scenario(s)
+        row["load_average_1m"] = (os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
+        rows.append(row)
+        status = f"error: {row['error']}" if row["error"] else f"median {row['median_s']:.4f} s"
+        log(f"    {status} ({time.perf_counter() - t0:.1f} s)")
+    macs = paper_macs(config.scenarios, log)
+    rows.extend(imported or [])
+    add_ratios(rows, macs)
+    doc = {
+        "name": config.name,
+        "started": started,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "machine": machine_start,
+        "load_average_end": machine_info()["load_average"],
+        "config": config.raw,
+        "rows": rows,
+    }
+    write_report(doc, out_dir)
+    return doc
+
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "configs"
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
+def resolve_config(name_or_path: str | Path) -> Path:
+    """A config file path, or a ready config's name (``quick``, ``cpu-full``, ``gpu``) in benchmarks/configs."""
+    p = Path(name_or_path)
+    if p.exists() or p.suffix in (".yaml", ".yml"):
+        return p
+    return CONFIG_DIR / f"{name_or_path}.yaml"
+
+
+def bench(config: str | Path = "quick", *, out_dir: str | Path | None = None, cache: str | Path | None = None,
+          device: str | None = None, imports: tuple[str | Path, ...] = (), overrides: dict[str, Any] | None = None,
+          android: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Load a config, run it and write the report: what ``benchmarks/run.py`` and ``bksdm-edge bench`` call.
+
+    Args:
+        config: a YAML path or a ready config name.
+        out_dir: the run's folder (default ``benchmarks/results/<config name>``).
+        cache: exported artifacts cache (default ``~/.cache/bksdm-edge/bench``).
+        device: force every scenario onto this device (``cpu``, ``cuda``, ``android:SERIAL``).
+        imports: JSON/CSV files of results measured elsewhere (format in benchmarks/README.md).
+        overrides: other scenario fields forced on every scenario (e.g. ``{"repeats": 3}``).
+        android: adb / tool paths for ``android:SERIAL`` (merged over the config's ``android`` section).
+    """
+    from .importing import load_rows
+    from .scenario import load_config
+
+    forced = dict(overrides or {})
+    if device:
+        forced["device"] = device
+    cfg = load_config(resolve_config(config), forced)
+    cfg.android.update(android or {})
+    imported = [row for f in imports for row in load_rows(f)]
+    out = Path(out_dir) if out_dir else RESULTS_DIR / cfg.name
+    log(f"benchmark {cfg.name}: {len(cfg.scenarios)} scenarios -> {out}")
+    doc = run_benchmark(cfg, out, cache=cache, log=log, imported=imported)
+    log(f"wrote {out}/report.md, results.csv, results.json")
+    return doc

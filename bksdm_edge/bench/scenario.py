@@ -1,0 +1,152 @@
+"""Benchmark scenarios as data, and YAML configs that expand into scenario matrices.
+
+A config names a teacher ``source`` and a list of matrix entries; every list-valued
+field of an entry is expanded as a cartesian product, on top of ``defaults``::
+
+    name: quick
+    source: builtin:mini-sd
+    defaults: {resolution: 128, batch: 1, threads: 2, repeats: 5, warmup: 1}
+    matrix:
+      - model: [teacher, bk-small, bk-tiny]
+        component: unet
+        backend: [pytorch, onnxruntime]
+        precision: fp32
+    exclude:
+      - {model: bk-tiny, backend: onnxruntime}
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import BksdmError
+
+TEACHER = "teacher"
+COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+
+
+class ConfigError(BksdmError, ValueError):
+    """A benchmark config that cannot be used; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One measurement: a model component on one backend, precision, shape, thread count and device.
+
+    ``model`` is ``teacher`` (the ``source`` pipeline's own U-Net), a BK-SDM variant name built
+    from it (``bk-base``, ``bk-small``, ``bk-tiny``), or a student U-Net folder.
+    ``device`` is ``cpu``, ``cuda[:N]`` or ``android:SERIAL``.
+    """
+
+    model: str
+    component: str
+    backend: str
+    precision: str = "fp32"
+    resolution: int = 512
+    batch: int = 1
+    threads: int = 2
+    device: str = "cpu"
+    repeats: int = 5
+    warmup: int = 1
+    source: str = "builtin:mini-sd"
+    timeout_s: float = 1800.0
+    calibration_samples: int = 3  # seeded inputs for static int8 (speed benchmark; accuracy is checked elsewhere)
+    options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # backend-specific extras
+
+    def __post_init__(self):
+        if self.component not in COMPONENTS:
+            raise ConfigError(f"unknown component {self.component!r}; choose from {', '.join(COMPONENTS)}")
+        if self.repeats < 1 or self.warmup < 0:
+            raise ConfigError(f"repeats must be >= 1 and warmup >= 0 (got {self.repeats}, {self.warmup})")
+
+    @property
+    def is_teacher(self) -> bool:
+        return self.model == TEACHER
+
+    @property
+    def label(self) -> str:
+        return (f"{self.model}/{self.component}/{self.backend}-{self.precision}/{self.resolution}px"
+                f"/b{self.batch}/t{self.threads}/{self.device}")
+
+    def teacher_scenario(self) -> "Scenario":
+        """The teacher's scenario this row is compared with (same everything but the model)."""
+        return replace(self, model=TEACHER)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+SCENARIO_FIELDS = {f.name for f in fields(Scenario)}
+
+
+@dataclass
+class BenchConfig:
+    """A resolved config: the run name, its scenarios and the raw config for the record."""
+
+    name: str
+    scenarios: list[Scenario]
+    plugins: list[str] = field(default_factory=list)  # modules imported (parent and workers) to register backends
+    android: dict[str, Any] = field(default_factory=dict)  # adb / tool paths for android:SERIAL devices
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def _as_list(v: Any) -> list[Any]:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _matches(s: Scenario, rule: dict[str, Any]) -> bool:
+    return all(getattr(s, k) in _as_list(v) for k, v in rule.items())
+
+
+def expand(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> BenchConfig:
+    """Expand a config dict into scenarios.
+
+    Args:
+        raw: the parsed YAML (``name``, ``source``, ``defaults``, ``matrix``, ``exclude``, ``plugins``, ``android``).
+        overrides: fields forced on every scenario (e.g. ``{"device": "android:R58M"}`` from the command line).
+    """
+    unknown = set(raw) - {"name", "description", "source", "defaults", "matrix", "exclude", "plugins", "android"}
+    if unknown:
+        raise ConfigError(f"unknown config keys {sorted(unknown)}")
+    if not raw.get("matrix"):
+        raise ConfigError("the config has no 'matrix' entries")
+    base = dict(raw.get("defaults") or {})
+    if "source" in raw:
+        base["source"] = raw["source"]
+    scenarios: list[Scenario] = []
+    for entry in raw["matrix"]:
+        merged = {**base, **entry}
+        bad = set(merged) - SCENARIO_FIELDS
+        if bad:
+            raise ConfigError(f"unknown scenario fields {sorted(bad)} in matrix entry {entry}")
+        keys = list(merged)
+        for combo in itertools.product(*(_as_list(merged[k]) if k != "options" else [merged[k]] for k in keys)):
+            values = dict(zip(keys, combo))
+            values.update(overrides or {})
+            for req in ("model", "component", "backend"):
+                if req not in values:
+                    raise ConfigError(f"matrix entry {entry} does not set {req!r}")
+            s = Scenario(**values)
+            if any(_matches(s, rule) for rule in raw.get("exclude") or []):
+                continue
+            if s not in scenarios:
+                scenarios.append(s)
+    return BenchConfig(
+        name=str(raw.get("name", "bench")), scenarios=scenarios, plugins=list(raw.get("plugins") or []),
+        android=dict(raw.get("android") or {}), raw=raw,
+    )
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> BenchConfig:
+    """Read a YAML config file and expand it (see ``expand``)."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"benchmark config {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    raw.setdefault("name", path.stem)
+    return expand(raw, overrides)

@@ -1,0 +1,44 @@
+"""``bksdm-edge bench``: run a benchmark config and write its report (see benchmarks/README.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_arguments(p) -> None:
+    """The bench options, shared with ``benchmarks/run.py``."""
+    p.add_argument("--config", default="quick",
+                   help="YAML config path, or a ready config: quick (default), cpu-full, gpu")
+    p.add_argument("--out", type=Path, help="run folder (default benchmarks/results/<config name>)")
+    p.add_argument("--cache", type=Path, help="exported-model cache (default ~/.cache/bksdm-edge/bench)")
+    p.add_argument("--device", help="run every scenario on this device: cpu, cuda, android:SERIAL")
+    p.add_argument("--repeats", type=int, help="override the timed repeats of every scenario")
+    p.add_argument("--warmup", type=int, help="override the warm-up runs of every scenario")
+    p.add_argument("--threads", type=int, help="override the thread count of every scenario")
+    p.add_argument("--import", dest="imports", action="append", default=[], type=Path, metavar="FILE",
+                   help="add rows measured elsewhere (JSON or CSV, format in benchmarks/README.md); repeatable")
+    p.add_argument("--adb", help="adb executable for android devices (default: adb on PATH)")
+    p.add_argument("--benchmark-model", help="path of TFLite's benchmark_model binary (on this machine)")
+    p.add_argument("--perf-test", help="path of onnxruntime_perf_test (on this machine)")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="benchmark latency and memory of teacher vs BK-SDM students on every backend",
+        description="Run a matrix of scenarios (model x component x backend x precision x shape x threads x "
+        "device), each in its own process, and write results.json, results.csv, report.md and plots.")
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..bench.runner import bench
+
+    overrides = {k: getattr(args, k) for k in ("repeats", "warmup", "threads") if getattr(args, k) is not None}
+    android = {k: v for k, v in (("adb", args.adb), ("benchmark_model", args.benchmark_model),
+                                 ("onnxruntime_perf_test", args.perf_test)) if v}
+    doc = bench(args.config, out_dir=args.out, cache=args.cache, device=args.device, imports=tuple(args.imports),
+                overrides=overrides, android=android)
+    failed = sum(1 for r in doc["rows"] if r.get("error"))
+    print(f"{len(doc['rows'])} rows, {failed} with an error")
+    return 0

@@ -1,0 +1,120 @@
+"""Benchmark harness: a tiny matrix end to end, failures recorded, warm-up excluded, memory isolated per scenario."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from bksdm_edge.bench.report import CSV_COLUMNS
+from bksdm_edge.bench.runner import run_benchmark
+from bksdm_edge.bench.scenario import ConfigError, expand
+
+TESTS = Path(__file__).resolve().parent
+REQUIRED = ("model", "component", "backend", "precision", "batch", "resolution", "threads", "median_s", "p90_s",
+            "min_s", "cold_s", "load_s", "peak_rss_mb", "size_mb", "speedup_vs_teacher", "mem_ratio_vs_teacher",
+            "macs_ratio_vs_teacher", "error")
+
+
+@pytest.fixture
+def plugin_path(monkeypatch):
+    # Worker processes import the fake back-ends by module name.
+    monkeypatch.setenv("PYTHONPATH", str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return "bench_fake"
+
+
+def _rows(tmp_path, raw, name="run"):
+    doc = run_benchmark(expand(raw), tmp_path / name, cache=tmp_path / "cache", log=lambda m: None)
+    return doc, {(r["model"], r["component"], r["backend"], r["precision"]): r for r in doc["rows"]}
+
+
+def test_tiny_matrix_end_to_end(tmp_path, plugin_path):
+    raw = {
+        "name": "tiny", "source": "builtin:tiny-sd", "plugins": [plugin_path],
+        "defaults": {"resolution": 64, "batch": 1, "threads": 1, "repeats": 2, "warmup": 1, "timeout_s": 300},
+        "matrix": [
+            {"model": ["teacher", "bk-tiny"], "component": "unet", "backend": ["pytorch", "onnxruntime"]},
+            {"model": "teacher", "component": "unet", "backend": "fake-fail"},      # fails at load
+            {"model": "teacher", "component": "unet", "backend": "onnxruntime", "precision": "fp3"},  # no such precision
+        ],
+    }
+    doc, rows = _rows(tmp_path, raw)
+    out = tmp_path / "run"
+    for f in ("results.json", "results.csv", "report.md", "latency_unet.png", "memory_unet.png"):
+        assert (out / f).exists(), f
+    with open(out / "results.csv") as f:
+        reader = csv.DictReader(f)
+        assert set(REQUIRED) <= set(reader.fieldnames) and tuple(reader.fieldnames) == CSV_COLUMNS
+        assert len(list(reader)) == 6
+    stored = json.loads((out / "results.json").read_text())
+    assert stored["machine"]["cpu"] and "onnxruntime" in stored["machine"]["versions"]
+    assert stored["machine"]["load_average"] is not None and stored["load_average_end"] is not None
+
+    for backend in ("pytorch", "onnxruntime"):
+        t, s = rows[("teacher", "unet", backend, "fp32")], rows[("bk-tiny", "unet", backend, "fp32")]
+        for r in (t, s):
+            assert r["error"] is None, r["error"]
+            assert r["min_s"] <= r["median_s"] <= r["p90_s"] and len(r["times_s"]) == 2 and len(r["warmup_s"]) == 1
+            assert r["cold_s"] >= r["load_s"] > 0 and r["peak_rss_mb"] > 0 and r["size_mb"] > 0
+        assert t["speedup_vs_teacher"] == pytest.approx(1.0) and t["macs_ratio_vs_teacher"] == pytest.approx(1.0)
+        assert s["speedup_vs_teacher"] == pytest.approx(t["median_s"] / s["median_s"])
+        assert s["size_ratio_vs_teacher"] < 1 and 0 < s["macs_ratio_vs_teacher"] < 1
+        assert s["mem_ratio_vs_teacher"] == pytest.approx(s["peak_rss_mb"] / t["peak_rss_mb"])
+    assert "always fails" in rows[("teacher", "unet", "fake-fail", "fp32")]["error"]
+    assert "fp3" in rows[("teacher", "unet", "onnxruntime", "fp3")]["error"]
+    report = (out / "report.md").read_text()
+    assert "always fails" in report and "| bk-tiny | unet | onnxruntime | fp32 |" in report
+
+
+def test_timing_excludes_warmup(tmp_path, plugin_path):
+    from bench_fake import FAST_S, SLOW_S
+
+    raw = {"source": "builtin:tiny-sd", "plugins": [plugin_path],
+           "defaults": {"resolution": 64, "threads": 1, "repeats": 3, "warmup": 1},
+           "matrix": [{"model": "teacher", "component": "text_encoder", "backend": "fake-slowstart"}]}
+    _, rows = _rows(tmp_path, raw)
+    r = rows[("teacher", "text_encoder", "fake-slowstart", "fp32")]
+    assert r["error"] is None
+    # Calls 1 (cold) and 2 (warm-up) sleep SLOW_S; the timed calls do not.
+    assert r["first_run_s"] >= SLOW_S and r["warmup_s"][0] >= SLOW_S
+    assert max(r["times_s"]) < SLOW_S / 2 and r["median_s"] >= FAST_S
+
+
+def test_memory_is_isolated_per_scenario(tmp_path, plugin_path):
+    raw = {"source": "builtin:tiny-sd", "plugins": [plugin_path],
+           "defaults": {"resolution": 64, "threads": 1, "repeats": 1, "warmup": 0},
+           "matrix": [{"model": "teacher", "component": "text_encoder", "backend": "fake-alloc",
+                       "options": {"alloc_mb": 600}},
+                      {"model": "bk-tiny", "component": "text_encoder", "backend": "fake-alloc",
+                       "options": {"alloc_mb": 0}}]}
+    _, rows = _rows(tmp_path, raw)
+    big, small = rows[("teacher", "text_encoder", "fake-alloc", "fp32")], rows[("bk-tiny", "text_encoder", "fake-alloc", "fp32")]
+    assert big["error"] is None and small["error"] is None
+    assert big["peak_rss_mb"] > 600
+    assert small["peak_rss_mb"] < big["peak_rss_mb"] - 450  # the big buffer of the first scenario is not counted
+
+
+def test_matrix_expansion_and_errors():
+    cfg = expand({"source": "builtin:tiny-sd", "defaults": {"threads": 2},
+                  "matrix": [{"model": ["teacher", "bk-tiny"], "component": "unet",
+                              "backend": ["pytorch", "onnxruntime"], "precision": ["fp32", "int8"]}],
+                  "exclude": [{"backend": "pytorch", "precision": "int8"}]},
+                 overrides={"repeats": 7})
+    assert len(cfg.scenarios) == 6
+    assert all(s.repeats == 7 and s.threads == 2 and s.source == "builtin:tiny-sd" for s in cfg.scenarios)
+    with pytest.raises(ConfigError, match="unknown scenario fields"):
+        expand({"matrix": [{"model": "teacher", "component": "unet", "backend": "pytorch", "colour": 1}]})
+    with pytest.raises(ConfigError, match="unknown component"):
+        expand({"matrix": [{"model": "teacher", "component": "unet3", "backend": "pytorch"}]})
+
+
+def test_ready_configs_expand():
+    from bksdm_edge.bench.runner import resolve_config
+    from bksdm_edge.bench.scenario import load_config
+
+    for name in ("quick", "cpu-full", "gpu"):
+        cfg = load_config(resolve_config(name))
+        assert cfg.scenarios and any(s.is_teacher for s in cfg.scenarios)
