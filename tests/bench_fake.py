@@ -17,6 +17,8 @@ SLOW_CALLS, SLOW_S, FAST_S = 2, 0.4, 0.01
 
 
 class _Fake(Backend):
+    NEEDS_MODULE = False
+
     def precisions(self):
         return ["fp32"]
 

@@ -51,6 +51,8 @@ class Backend:
     DEVICES: ClassVar[tuple[str, ...]] = ("cpu",)  # device kinds (prefix before ':') it runs on locally
     # Imported before the load clock starts: library import time is not model load time.
     RUNTIME_MODULES: ClassVar[tuple[str, ...]] = ()
+    # False for back-ends that do not convert the component (test fakes): no model is built.
+    NEEDS_MODULE: ClassVar[bool] = True
 
     def precisions(self) -> list[str]:
         raise NotImplementedError
@@ -290,7 +292,10 @@ def prepare_artifact(s: Scenario, cache: Path) -> dict:
     out = artifact_dir(cache, s, backend)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    module, inputs, output_names, calibration = build_module(s)
+    if backend.NEEDS_MODULE:
+        module, inputs, output_names, calibration = build_module(s)
+    else:
+        module, inputs, output_names, calibration = None, {}, (), []
     build_s = time.perf_counter() - t0
     from dataclasses import replace
 
@@ -299,7 +304,7 @@ def prepare_artifact(s: Scenario, cache: Path) -> dict:
     info = backend.prepare(s2, module, inputs, output_names, out)
     info["export_s"] = time.perf_counter() - t0
     info["build_s"] = build_s
-    np.savez(out / INPUTS_FILE, **{k: v.numpy() for k, v in inputs.items()})
+    np.savez(out / INPUTS_FILE, **{k: np.asarray(v) for k, v in inputs.items()})
     info["size_bytes"] = sum((out / f).stat().st_size for f in info["files"])
     (out / ARTIFACT_META).write_text(json.dumps(info, indent=2, default=str))
     return info

@@ -35,7 +35,7 @@ def _maxrss_mb(ru_maxrss: int) -> float:
 
 
 def run_child(task: dict, timeout_s: float, env: dict[str, str] | None = None) -> ChildResult:
-    """Run one worker task; its own peak RSS comes from ``os.wait4`` on that child alone."""
+    """Run one worker task in a fresh process; peak RSS is that process's alone."""
     with tempfile.TemporaryDirectory(prefix="bksdm-bench-") as tmp:
         task_file, result_file = Path(tmp) / "task.json", Path(tmp) / "result.json"
         task_file.write_text(json.dumps(task, default=str))
@@ -77,7 +77,10 @@ def run_child(task: dict, timeout_s: float, env: dict[str, str] | None = None) -
             tail = output.strip().splitlines()[-1:] or ["no output"]
             result = {"ok": False, "error": f"worker exited with {proc.returncode}: {tail[0][:500]}"}
         result["log_tail"] = output[-4000:]
-        return ChildResult(result, _maxrss_mb(rusage.ru_maxrss) if rusage else None, wall, proc.returncode)
+        # The worker's own reading (VmHWM) is exact; wait4's ru_maxrss is the fallback for a child that died,
+        # and on Linux it may include the forking parent's RSS (see worker.peak_rss_mb).
+        peak = result.get("peak_rss_mb") or (_maxrss_mb(rusage.ru_maxrss) if rusage else None)
+        return ChildResult(result, peak, wall, proc.returncode)
 
 
 def _child_env(s: Scenario) -> dict[str, str]:

@@ -34,6 +34,24 @@ def _rss_mb() -> float | None:
         return None
 
 
+def peak_rss_mb() -> float | None:
+    """This process's own peak RSS.
+
+    Linux: ``VmHWM`` of /proc/self/status, which starts afresh at exec; ``ru_maxrss`` would not
+    (the kernel carries the forking parent's RSS across exec into the child's maximum).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
 def measure(s, cache: Path) -> dict:
     from .backends import INPUTS_FILE, artifact_dir, get_backend, read_meta
 
@@ -114,6 +132,7 @@ def main(argv=None) -> int:
     except BaseException as err:  # noqa: BLE001 - every failure becomes a row's error
         last = traceback.format_exception_only(type(err), err)[-1].strip()
         result = {"ok": False, "error": last[:2000], "traceback": traceback.format_exc()[-8000:]}
+    result["peak_rss_mb"] = peak_rss_mb()
     result_path.write_text(json.dumps(result, default=str))
     return 0 if result["ok"] else 1
 
