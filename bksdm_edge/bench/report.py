@@ -123,16 +123,17 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
     return written
 
 
-def write_report(doc: dict, out_dir: Path) -> list[Path]:
+def write_report(doc: dict, out_dir: Path, plots: bool = True) -> list[Path]:
     """Write every report file of a run into ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)
     rows = doc["rows"]
     (out_dir / "results.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     write_csv(rows, out_dir / "results.csv")
-    plots = plot(rows, out_dir)
+    plots = plot(rows, out_dir) if plots else []
     failed = [r for r in rows if r.get("error")]
     md = [f"# Benchmark `{doc['name']}`", "",
-          f"Run {doc['started']} -> {doc['finished']}; command: `{doc.get('command', '')}`", "",
+          f"Run {doc['started']} -> {doc['finished'] or '(in progress / stopped: partial results)'}; "
+          f"command: `{doc.get('command', '')}`", "",
           "## Machine", "", machine_markdown(doc), "",
           "## Results", "",
           "Latency per call (one U-Net step for `unet`); median/p90/min over the timed repeats, warm-up runs "

@@ -247,7 +247,26 @@ def run_benchmark(config: BenchConfig, out_dir: str | Path, *, cache: str | Path
                     log=log)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     machine_start = machine_info()
-    rows = []
+    # MACs first (meta device, seconds): the report is rewritten after every row, so a run that is
+    # stopped early still leaves a complete report of what it measured.
+    macs = paper_macs(config.scenarios, log)
+    rows: list[dict[str, Any]] = []
+
+    def document(final: bool) -> dict[str, Any]:
+        all_rows = rows + list(imported or [])
+        add_ratios(all_rows, macs)
+        return {
+            "name": config.name,
+            "started": started,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds") if final else None,
+            "complete": final,
+            "command": " ".join(sys.argv),
+            "machine": machine_start,
+            "load_average_end": machine_info()["load_average"],
+            "config": config.raw,
+            "rows": all_rows,
+        }
+
     # Config order: the config decides what runs first (put the cheap, important rows early).
     order = list(config.scenarios)
     for i, s in enumerate(order, 1):
@@ -258,19 +277,9 @@ def run_benchmark(config: BenchConfig, out_dir: str | Path, *, cache: str | Path
         rows.append(row)
         status = f"error: {row['error']}" if row["error"] else f"median {row['median_s']:.4f} s"
         log(f"    {status} ({time.perf_counter() - t0:.1f} s)")
-    macs = paper_macs(config.scenarios, log)
-    rows.extend(imported or [])
-    add_ratios(rows, macs)
-    doc = {
-        "name": config.name,
-        "started": started,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
-        "machine": machine_start,
-        "load_average_end": machine_info()["load_average"],
-        "config": config.raw,
-        "rows": rows,
-    }
+        if i < len(order):
+            write_report(document(final=False), out_dir, plots=False)
+    doc = document(final=True)
     write_report(doc, out_dir)
     return doc
 
