@@ -84,3 +84,21 @@ def test_kill_9_after_checkpoint_then_resume_matches_uninterrupted(tmp_path, one
         want = load_file(reference.run_dir / sub / "diffusion_pytorch_model.safetensors")
         assert got.keys() == want.keys()
         assert all(torch.equal(got[k], want[k]) for k in want), sub
+
+
+def test_two_process_ddp_on_cpu(tmp_path):
+    """DDP (gloo) through torchrun: hooks on the unwrapped student, losses reduced, per-rank RNG in checkpoints."""
+    import json
+
+    data = make_synthetic_folder(tmp_path / "data", rows=8, size=64)
+    c = config(data, tmp_path / "ddp", max_steps=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           *cli_args(c)[1:]]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_config = json.loads((tmp_path / "ddp" / "run_config.json").read_text())
+    assert run_config["world_size"] == 2 and run_config["status"] == "finished"
+    log = read_log(tmp_path / "ddp")
+    assert [r["step"] for r in log] == [1, 2] and all(r["loss_feat"] > 0 for r in log)
+    assert (tmp_path / "ddp" / "checkpoints" / "checkpoint-2" / "random_states_1.pkl").exists()

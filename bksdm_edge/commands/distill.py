@@ -119,7 +119,9 @@ def run(args) -> int:
     from ..distill import distill
 
     result = distill(config_from_args(args), command=["bksdm-edge", *sys.argv[1:]])
-    summary = {"steps": result.steps, "unet": str(result.unet_dir), "unet_ema": str(result.ema_dir or ""),
+    if not result.is_main_process:
+        return 0
+    summary = {"steps": result.steps, "processes": result.world_size, "unet": str(result.unet_dir), "unet_ema": str(result.ema_dir or ""),
                "skipped_rows": result.skipped_rows, "last_losses": result.last_losses}
     print(json.dumps(summary, indent=2))
     return 0

@@ -59,6 +59,8 @@ class DistillResult:
     last_losses: dict[str, float] = field(default_factory=dict)
     skipped_rows: int = 0
     resumed_from: str | None = None
+    world_size: int = 1
+    is_main_process: bool = True
 
 
 def sample_latents(moments: torch.Tensor, generator: torch.Generator, scaling_factor: float) -> torch.Tensor:
@@ -354,6 +356,7 @@ def distill(config: DistillConfig, *, command: list[str] | None = None) -> Disti
     with FeatureCapture(teacher, teacher_names) as teacher_cap, FeatureCapture(inner, student_names) as student_cap:
         while global_step < config.max_steps:
             started = time.perf_counter()
+            lr = lr_scheduler.get_last_lr()[0]  # the rate this step uses
             sums = torch.zeros(len(LOSS_NAMES), device=device)
             grad_norm = None
             for _ in range(config.grad_accum):
@@ -382,7 +385,7 @@ def distill(config: DistillConfig, *, command: list[str] | None = None) -> Disti
             record = {
                 "step": global_step,
                 **last,
-                "lr": lr_scheduler.get_last_lr()[0],
+                "lr": lr,
                 "grad_norm": float(grad_norm) if grad_norm is not None else None,
                 "images_per_s": images_per_step / seconds,
                 "seconds": seconds,
@@ -429,6 +432,7 @@ def distill(config: DistillConfig, *, command: list[str] | None = None) -> Disti
     return DistillResult(
         run_dir=run_dir, steps=global_step, unet_dir=unet_dir, ema_dir=ema_dir, log_path=run_dir / LOG_FILE,
         last_losses=last, skipped_rows=skipped, resumed_from=str(checkpoint) if checkpoint else None,
+        world_size=world, is_main_process=is_main,
     )
 
 
