@@ -1,0 +1,205 @@
+"""TFLite back-end on the toy pipeline: every component x every precision converts, runs in the
+LiteRT interpreter and passes the shared validation (seeded and real trajectory inputs).
+
+Each component is converted to fp32 once per module (litert-torch tracing is the slow part);
+the other precisions quantize that flatbuffer, exactly as ``convert`` does internally.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_litert")
+pytest.importorskip("ai_edge_quantizer")
+
+from bksdm_edge.export import tflite  # noqa: E402
+from bksdm_edge.export.components import COMPONENTS, ShapeConfig  # noqa: E402
+from bksdm_edge.export.registry import all_targets, get_target  # noqa: E402
+
+SHAPE = ShapeConfig(height=64, width=64)
+PRECISIONS = [p for f, p in all_targets() if f == "tflite"]
+COMPONENT_NAMES = tuple(COMPONENTS)
+
+
+def _converted_from_file(component, path):
+    """A ConvertedModel for an existing .tflite (as the bundle's manifest would describe it)."""
+    from bksdm_edge.export.base import ConvertedModel
+
+    spec = COMPONENTS[component]
+    inputs, outputs = tflite.describe(path, spec.input_names, spec.output_names)
+    return ConvertedModel(path, [path], inputs, outputs, "fp32", extra={"file_bytes": path.stat().st_size})
+
+
+@pytest.fixture(scope="module")
+def fp32_bundle(tiny_model, tmp_path_factory):
+    """A validated fp32 TFLite bundle of the toy pipeline, through the framework's export_bundle."""
+    from bksdm_edge.export.pipeline import export_bundle
+
+    out = tmp_path_factory.mktemp("tflite-bundle") / "fp32"
+    return export_bundle("builtin:tiny-sd", out=out, format="tflite", precision="fp32", model=tiny_model,
+                         validation_steps=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def fp32_models(tiny_model, fp32_bundle, tmp_path_factory):
+    """One litert-torch conversion per component (the bundle's three, plus the VAE encoder)."""
+    out = {name: _converted_from_file(name, fp32_bundle / name / tflite.MODEL_FILE)
+           for name in ("text_encoder", "unet", "vae_decoder")}
+    spec = COMPONENTS["vae_encoder"]
+    out["vae_encoder"] = tflite.convert(spec.module(tiny_model), spec.example_inputs(tiny_model, SHAPE),
+                                        spec.output_names, tmp_path_factory.mktemp("tflite-fp32") / "vae_encoder",
+                                        "fp32")
+    return out
+
+
+@pytest.fixture(scope="module")
+def real_inputs(tiny_model):
+    """A validation trajectory and calibration samples, from real diffusers pipeline runs."""
+    from bksdm_edge.export.inputs import calibration_inputs, trajectory_input_sets
+
+    trajectory = trajectory_input_sets(tiny_model, SHAPE, "a red bicycle", COMPONENT_NAMES, steps=2)
+    calibration = calibration_inputs(tiny_model, SHAPE, ["a cat on a sofa", "a mountain lake at dawn"],
+                                     COMPONENT_NAMES, steps=2)
+    return trajectory, calibration
+
+
+def test_precisions_registered():
+    assert set(PRECISIONS) == set(tflite.PRECISIONS)
+
+
+@pytest.mark.parametrize("component", COMPONENT_NAMES)
+@pytest.mark.parametrize("precision", tflite.PRECISIONS)
+def test_component_converts_runs_and_validates(component, precision, tiny_model, fp32_models, real_inputs,
+                                               tmp_path):
+    from bksdm_edge.export.inputs import seeded_input_sets
+    from bksdm_edge.export.validation import validate_component
+
+    spec = COMPONENTS[component]
+    target = get_target("tflite", precision)
+    trajectory, calibration = real_inputs
+    module = spec.module(tiny_model)
+    converted = tflite.convert(
+        module, spec.example_inputs(tiny_model, SHAPE), spec.output_names, tmp_path / component, precision,
+        calibration=calibration.get(component) if component in target.NEEDS_CALIBRATION else None,
+        options={**target.options(component), "fp32_tflite": fp32_models[component].path},
+    )
+    assert converted.path.exists()
+    assert converted.precision == target.options(component).get("recipe", precision)
+    sets = seeded_input_sets(component, tiny_model, SHAPE, seeds=(0, 1)) + trajectory.get(component, [])
+    report = validate_component(component, target, module, converted, sets,
+                                input_names=spec.input_names, output_names=spec.output_names)
+    assert report.passed, report.failures
+    assert report.numeric_checks == "run" and len(report.sets) == len(sets)
+    if converted.precision == "w8a8":
+        _check_recorded_quantization(converted, calibration[component])
+
+
+def _check_recorded_quantization(converted, calibration):
+    """Full-integer models take and return int8; the TensorInfo carries the model's own scale/zero point."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(converted.path)).get_signature_runner(converted.extra["signature"])
+    details = {**runner.get_input_details(), **runner.get_output_details()}
+    for t in converted.inputs + converted.outputs:
+        assert t.dtype == "int8"
+        q = t.quantization
+        assert q["dtype"] == "int8" and q["scale"] > 0 and -128 <= q["zero_point"] <= 127
+        assert (q["scale"], q["zero_point"]) == pytest.approx(details[t.name]["quantization"])
+        json.dumps(t.to_json())  # manifest-ready
+    assert converted.extra["calibration_samples"] == len(calibration)
+
+
+@pytest.mark.parametrize("component", COMPONENT_NAMES)
+def test_signature_has_meaningful_names(component, fp32_models):
+    from ai_edge_litert.interpreter import Interpreter
+
+    spec = COMPONENTS[component]
+    signatures = Interpreter(model_path=str(fp32_models[component].path)).get_signature_list()
+    assert signatures == {component: {"inputs": sorted(spec.input_names), "outputs": list(spec.output_names)}}
+    converted = fp32_models[component]
+    assert [t.name for t in converted.inputs] == list(spec.input_names)
+    assert [t.name for t in converted.outputs] == list(spec.output_names)
+    # Image-like tensors keep PyTorch's NCHW layout, and the manifest says so.
+    for t in converted.inputs + converted.outputs:
+        assert t.layout == ("NCHW" if len(t.shape) == 4 else None)
+    assert converted.inputs[0].dtype == ("int32" if component == "text_encoder" else "float32")
+
+
+def test_fp32_matches_pytorch_closely(tiny_model, fp32_models):
+    import torch
+
+    spec = COMPONENTS["unet"]
+    feed = spec.example_inputs(tiny_model, SHAPE, seed=3)
+    with torch.no_grad():
+        ref = spec.module(tiny_model)(**feed).numpy()
+    out = tflite.load_runner(fp32_models["unet"], threads=1)({k: v.numpy() for k, v in feed.items()})
+    np.testing.assert_allclose(out["out_sample"], ref, atol=1e-5, rtol=1e-4)
+
+
+def test_w8a8_without_calibration_is_refused(tiny_model, fp32_models, tmp_path):
+    spec = COMPONENTS["vae_decoder"]
+    with pytest.raises(tflite.ExportError, match="calibration"):
+        tflite.convert(spec.module(tiny_model), spec.example_inputs(tiny_model, SHAPE), spec.output_names,
+                       tmp_path / "vae_decoder", "w8a8", options={"fp32_tflite": fp32_models["vae_decoder"].path})
+
+
+def test_quantized_files_are_smaller(tiny_model, fp32_models, tmp_path):
+    spec = COMPONENTS["text_encoder"]
+    sizes = {}
+    for precision in ("fp16", "int8"):
+        sizes[precision] = tflite.convert(
+            spec.module(tiny_model), spec.example_inputs(tiny_model, SHAPE), spec.output_names,
+            tmp_path / precision / "text_encoder", precision,
+            options={"fp32_tflite": fp32_models["text_encoder"].path}).extra["file_bytes"]
+    fp32 = fp32_models["text_encoder"].path.stat().st_size
+    assert sizes["fp16"] < 0.6 * fp32 and sizes["int8"] < 0.4 * fp32
+
+
+def test_memory_check_refuses_early_with_numbers(tiny_model, tmp_path):
+    spec = COMPONENTS["text_encoder"]
+    with pytest.raises(tflite.ExportError, match=r"needs about .* GiB of RAM .* only 0\.5 GiB is available"):
+        tflite.convert(spec.module(tiny_model), spec.example_inputs(tiny_model, SHAPE), spec.output_names,
+                       tmp_path / "text_encoder", "fp16", options={"memory_limit_bytes": 2**29})
+    assert not (tmp_path / "text_encoder" / tflite.MODEL_FILE).exists()
+
+
+def test_memory_estimate_scales_with_parameters():
+    sd_unet = 859_520_964
+    full = tflite.estimate_conversion_memory(sd_unet, "fp16")
+    # The full SD-v1.4 U-Net peaked near 19 GB converting to fp16 here; the estimate must not be below it.
+    assert full >= 19e9
+    assert tflite.estimate_conversion_memory(323_384_964, "fp16") < 24 * 2**30 * 0.5
+
+
+def test_fp32_bundle_manifest_and_generation_match_onnx(tiny_model, fp32_bundle, tmp_path):
+    """The TFLite bundle generates the ONNX bundle's image from the same initial latents."""
+    from bksdm_edge.export.bundle import read_manifest
+    from bksdm_edge.export.pipeline import export_bundle
+    from bksdm_edge.export.validation import psnr
+    from bksdm_edge.generate import BundlePipeline
+
+    manifest = read_manifest(fp32_bundle)
+    assert manifest["complete"] and manifest["format"] == "tflite"
+    unet = manifest["components"]["unet"]
+    assert unet["file"] == "unet/model.tflite"
+    assert [t["name"] for t in unet["inputs"]] == ["sample", "timestep", "encoder_hidden_states"]
+    assert unet["inputs"][0]["layout"] == "NCHW" and unet["extra"]["signature"] == "unet"
+
+    onnx_bundle = export_bundle("builtin:tiny-sd", out=tmp_path / "onnx", format="onnx", precision="fp32",
+                                model=tiny_model, validation_steps=2, progress=False)
+    tfl = BundlePipeline(fp32_bundle)
+    latents = np.random.default_rng(0).standard_normal(tfl.latent_shape()).astype(np.float32)
+    kwargs = dict(steps=3, guidance=7.5, latents=latents)
+    image_tflite, _ = tfl("a red bicycle", **kwargs)
+    image_onnx, _ = BundlePipeline(onnx_bundle)("a red bicycle", **kwargs)
+    assert image_tflite.shape == image_onnx.shape
+    assert psnr(image_onnx.astype(np.float64), image_tflite.astype(np.float64), peak=255.0) >= 40.0
+
+
+def test_dynamic_shapes_are_refused(tiny_model, tmp_path):
+    spec = COMPONENTS["unet"]
+    with pytest.raises(tflite.ExportError, match="static shapes"):
+        tflite.convert(spec.module(tiny_model), spec.example_inputs(tiny_model, SHAPE), spec.output_names,
+                       tmp_path / "unet", "fp32", options={"dynamic_axes": spec.dynamic_axes})
