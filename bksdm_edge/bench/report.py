@@ -21,6 +21,8 @@ def _fmt(v: Any, digits: int = 3) -> str:
     if v is None or v == "":
         return ""
     if isinstance(v, float):
+        if v != 0 and abs(v) < 0.1:
+            return f"{v:.{digits}g}"  # sub-millisecond times keep their significant digits
         return f"{v:.{digits}f}" if abs(v) < 1e4 else f"{v:.0f}"
     return str(v)
 
