@@ -239,6 +239,11 @@ def test_cached_training_matches_uncached(shapes, tmp_path):
         for name in ("loss_task", "loss_out", "loss_feat"):
             assert a[name] == pytest.approx(b[name], rel=1e-5, abs=1e-7), (name, a, b)
 
+    # distill builds a missing cache itself, then trains from it.
+    auto = distill(tiny_config(shapes, tmp_path / "auto", max_steps=1, data_kw={"cache_dir": str(tmp_path / "c2")}))
+    assert (tmp_path / "c2" / "cache.json").exists()
+    assert auto.last_losses["loss_out"] == pytest.approx(read_log(plain.run_dir)[0]["loss_out"], rel=1e-5)
+
     wrong = dataclasses.replace(tiny_config(shapes, tmp_path / "wrong", data_kw={"cache_dir": str(cache_dir)}),
                                 teacher="builtin:tiny-sd-v2")
     with pytest.raises(CacheError, match="teacher"):

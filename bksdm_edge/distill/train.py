@@ -241,7 +241,7 @@ def distill(config: DistillConfig, *, command: list[str] | None = None) -> Disti
     # 3. Teacher, student, noise scheduler. The VAE and text encoder are only needed without a cache
     #    (or for validation images).
     use_cache = config.data.cache_dir is not None
-    need_encoders = not use_cache or bool(config.validation.prompts)
+    need_encoders = not use_cache or bool(config.validation.prompts) or not Path(config.data.cache_dir).exists()
     components = ("unet", "scheduler") + (("vae", "text_encoder", "tokenizer") if need_encoders else ())
     model = load_model(config.teacher, components=components)
     teacher = model.unet
@@ -276,14 +276,20 @@ def distill(config: DistillConfig, *, command: list[str] | None = None) -> Disti
         scaling_factor = model.vae.config.scaling_factor
         skipped = len(rowset.skipped)
     sampler = EpochBatches(len(dataset), config.batch_size, world, accelerator.process_index, config.seed)
+    if skipped and is_main:
+        print(f"skipped {skipped} bad row(s) of {config.data.source or config.data.cache_dir} (--skip-bad-rows); "
+              f"training on {len(dataset)}", flush=True)
 
     # 5. Optimizer, LR schedule, EMA. A prepared scheduler steps once per process, hence the * world.
     optimizer = _optimizer(config, [p for p in student.parameters() if p.requires_grad])
-    lr_scheduler = get_scheduler(
-        config.optim.lr_scheduler, optimizer,
-        num_warmup_steps=config.optim.lr_warmup_steps * world,
-        num_training_steps=config.max_steps * world,
-    )
+    try:
+        lr_scheduler = get_scheduler(
+            config.optim.lr_scheduler, optimizer,
+            num_warmup_steps=config.optim.lr_warmup_steps * world,
+            num_training_steps=config.max_steps * world,
+        )
+    except ValueError as err:
+        raise DistillError(f"--lr-scheduler {config.optim.lr_scheduler!r}: {err}") from err
     ema = None
     if config.ema:
         ema = EMAModel(student.parameters(), decay=config.ema_decay, model_cls=UNet2DConditionModel,
