@@ -22,7 +22,6 @@ from bksdm_edge.distill import (
     FeatureCapture,
     LossConfig,
     OptimConfig,
-    ValidationConfig,
     distill,
     distill_losses,
     load_rows,
