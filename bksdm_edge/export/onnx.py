@@ -210,9 +210,9 @@ def _quantize_static(src: Path, dst: Path, calibration, options: dict[str, Any])
         calibrate_method=CalibrationMethod.MinMax,
         use_external_data_format=_is_large(src),
         # Symmetric int8 weights, asymmetric uint8 activations: what ORT's x86 QDQ fusions (QLinearConv) expect.
-        # Reduce ranges after every sample: the augmented model outputs every activation, which at
-        # 512 px would otherwise pile up to many GB across calibration samples.
-        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False, "CalibMaxIntermediateOutputs": 1},
+        # MinMax's augmented model outputs per-tensor ReduceMin/ReduceMax scalars, so memory stays small
+        # without CalibMaxIntermediateOutputs (which, in ORT 1.32, drops the data it should merge).
+        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
     )
 
 

@@ -1,0 +1,40 @@
+"""``bksdm-edge generate``: text-to-image from an exported bundle, without PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SCHEDULER_NAMES = ("pndm", "ddim", "euler", "dpm++")  # bksdm_edge.runtime.SCHEDULERS (not imported: keep --help fast)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="generate an image from a bundle (onnxruntime/LiteRT + numpy; no PyTorch)",
+        description="Verifies the bundle's hashes, then runs text encoder, denoising loop (classifier-free "
+        "guidance) and VAE decoder. With the same initial latents (--latents-in) it reproduces diffusers' "
+        "StableDiffusionPipeline on the source model.",
+    )
+    p.add_argument("--bundle", required=True, type=Path, help="bundle folder written by `bksdm-edge export`")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=7.5, help="CFG scale; <= 1 disables guidance")
+    p.add_argument("--seed", type=int, default=0, help="seed of the portable noise generator (same as the app)")
+    p.add_argument("--scheduler", choices=SCHEDULER_NAMES, help="default: the bundle's scheduler")
+    p.add_argument("--latents-in", type=Path, help=".npy initial latents (1, C, h, w) instead of seeded noise")
+    p.add_argument("--latents-out", type=Path, help="save the initial latents used to this .npy")
+    p.add_argument("--out", required=True, type=Path, help="output PNG")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..generate import generate
+
+    generate(
+        args.bundle, args.prompt, args.out, latents_in=args.latents_in, latents_out=args.latents_out,
+        negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
+        scheduler=args.scheduler, progress=True,
+    )
+    print(f"saved {args.out}")
+    return 0

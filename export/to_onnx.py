@@ -1,0 +1,34 @@
+"""Export an SD pipeline (or a BK-SDM student U-Net) to a validated ONNX bundle (optimum's diffusion layout).
+
+    python export/to_onnx.py --model builtin:sd-v1.4 --unet students/bk-small \\
+        --precision int8 --out bundles/bk-small-onnx-int8
+
+Same as ``bksdm-edge export --format onnx``; see docs/bundle_format.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv=None) -> int:
+    from bksdm_edge.errors import BksdmError
+    from bksdm_edge.export.cli_args import add_export_args, export_kwargs
+    from bksdm_edge.export.pipeline import export_bundle
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    args = add_export_args(parser, formats=("onnx",)).parse_args(argv)
+    try:
+        print(export_bundle(**export_kwargs(args)))
+    except BksdmError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

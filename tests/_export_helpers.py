@@ -1,0 +1,28 @@
+"""Shared, cached exports of builtin:tiny-sd for the export/bundle/generate tests (built once per session)."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+ROOT = Path(tempfile.mkdtemp(prefix="bksdm-export-tests-"))
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_bundle(precision: str = "fp32", batch: int = 1) -> Path:
+    """A validated tiny-sd ONNX bundle (text_encoder, unet, vae_decoder). Treat as read-only."""
+    from bksdm_edge.export.pipeline import export_bundle
+    from bksdm_edge.loading import load_model
+
+    return export_bundle(
+        "builtin:tiny-sd", model=_model(), out=ROOT / f"tiny-{precision}-b{batch}", precision=precision,
+        batch=batch, progress=False,
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _model():
+    from bksdm_edge.loading import load_model
+
+    return load_model("builtin:tiny-sd")

@@ -1,0 +1,175 @@
+"""ONNX export of every component at every registered precision, gated by the shared validation."""
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from bksdm_edge.errors import ValidationFailed
+from bksdm_edge.export import onnx as onnx_backend
+from bksdm_edge.export.components import COMPONENTS, ShapeConfig
+from bksdm_edge.export.inputs import calibration_inputs, seeded_input_sets, trajectory_input_sets
+from bksdm_edge.export.pipeline import export_bundle
+from bksdm_edge.export.registry import get_target
+from bksdm_edge.export.validation import validate_component
+
+PRECISIONS = ["fp32", "fp16", "int8", "int8-dynamic", "int8-static"]
+SHAPE = ShapeConfig(height=64, width=64)
+
+
+@pytest.fixture(scope="module")
+def real_inputs(tiny_model):
+    """One validation trajectory and a small calibration set (1 prompt x 2 steps) for every component."""
+    traj = trajectory_input_sets(tiny_model, SHAPE, "a photo of a cat", list(COMPONENTS), steps=2)
+    calib = calibration_inputs(tiny_model, SHAPE, ["a red car on a road"], list(COMPONENTS), steps=2)
+    return traj, calib
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_every_component_exports_and_validates(precision, tiny_model, real_inputs, tmp_path):
+    traj, calib = real_inputs
+    target = get_target("onnx", precision)
+    failures = []
+    for name, spec in COMPONENTS.items():
+        module = spec.module(tiny_model)
+        converted = target.convert(
+            module, spec.example_inputs(tiny_model, SHAPE), spec.output_names, tmp_path / name, precision,
+            calibration=calib[name] if name in target.NEEDS_CALIBRATION else None, options=target.options(name),
+        )
+        sets = seeded_input_sets(name, tiny_model, SHAPE) + traj[name]
+        report = validate_component(name, target, module, converted, sets, input_names=spec.input_names,
+                                    output_names=spec.output_names)
+        assert report.numeric_checks == "run"
+        assert len(report.sets) == len(sets)
+        failures += report.failures
+    assert not failures, failures
+
+
+def test_fp16_keeps_overflow_prone_ops_in_fp32(tiny_model, tmp_path):
+    import onnx
+
+    spec = COMPONENTS["unet"]
+    converted = onnx_backend.convert(spec.module(tiny_model), spec.example_inputs(tiny_model, SHAPE),
+                                     spec.output_names, tmp_path, "fp16", options={"io_dtype": "fp32"})
+    model = onnx.load(str(converted.path))
+    fp16_inits = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert fp16_inits, "weights should be stored in fp16"
+    # Softmax and InstanceNormalization (GroupNorm) run on fp32 inputs: a Cast to float feeds them.
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type in ("Softmax", "InstanceNormalization"):
+            src = producers.get(node.input[0])
+            assert src is not None and src.op_type == "Cast" and src.attribute[0].i == onnx.TensorProto.FLOAT
+    assert [i.dtype for i in converted.inputs] == ["float32", "float32", "float32"]
+
+
+def test_dynamic_axes_run_other_batch_and_size(tiny_model, tmp_path):
+    spec = COMPONENTS["unet"]
+    converted = onnx_backend.convert(spec.module(tiny_model), spec.example_inputs(tiny_model, SHAPE),
+                                     spec.output_names, tmp_path, "fp32", options={"dynamic_axes": spec.dynamic_axes})
+    assert converted.inputs[0].shape == ("batch", 4, "height", "width")
+    run = onnx_backend.load_runner(converted)
+    inputs = spec.example_inputs(tiny_model, ShapeConfig(height=128, width=64, batch=2))
+    out = run({k: v.numpy() for k, v in inputs.items()})["out_sample"]
+    assert out.shape == (2, 4, 16, 8)
+
+
+def test_external_data_is_used_when_asked(tiny_model, tmp_path):
+    spec = COMPONENTS["vae_decoder"]
+    converted = onnx_backend.convert(spec.module(tiny_model), spec.example_inputs(tiny_model, SHAPE),
+                                     spec.output_names, tmp_path, "fp32", options={"external_data": True})
+    assert [f.name for f in converted.files] == ["model.onnx", "model.onnx_data"]
+    assert converted.extra["external_data"]
+    run = onnx_backend.load_runner(converted)
+    x = spec.example_inputs(tiny_model, SHAPE)["latent_sample"].numpy()
+    assert run({"latent_sample": x})["sample"].shape == (1, 3, 64, 64)
+
+
+def _corrupting_convert(module, example_inputs, output_names, out_dir, precision, **kw):
+    """The real ONNX convert, then one weight of the model overwritten with noise."""
+    import onnx
+    from onnx import numpy_helper
+
+    converted = onnx_backend.convert(module, example_inputs, output_names, out_dir, precision, **kw)
+    if "latent_sample" in example_inputs:  # corrupt the VAE decoder only
+        model = onnx.load(str(converted.path))
+        big = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+        w = numpy_helper.to_array(big)
+        big.CopyFrom(numpy_helper.from_array(w + np.float32(0.5), big.name))
+        onnx.save(model, str(converted.path))
+    return converted
+
+
+def test_corrupted_export_fails_validation_and_leaves_no_bundle(tiny_model, tmp_path, monkeypatch):
+    target = get_target("onnx", "fp32")
+    monkeypatch.setattr(target, "convert", staticmethod(_corrupting_convert))
+    out = tmp_path / "bundle"
+    with pytest.raises(ValidationFailed) as err:
+        export_bundle("builtin:tiny-sd", model=tiny_model, out=out, components=["text_encoder", "vae_decoder"],
+                      progress=False)
+    message = str(err.value)
+    assert "vae_decoder: [seeded:0] output 'sample': not allclose" in message
+    assert "text_encoder" not in message
+    assert not out.exists()
+    failed = tmp_path / "bundle.failed"
+    assert failed.is_dir()
+    manifest = failed / "manifest.json"
+    assert not manifest.exists() or json.loads(manifest.read_text())["complete"] is False
+    report = json.loads((failed / "validation.json").read_text())
+    assert report["passed"] is False and report["components"]["text_encoder"]["passed"] is True
+
+
+def test_to_onnx_script_and_cli_exit_codes(tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "export" / "to_onnx.py"
+    spec = importlib.util.spec_from_file_location("to_onnx", script)
+    to_onnx = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(to_onnx)
+    out = tmp_path / "te"
+    rc = to_onnx.main(["--model", "builtin:tiny-sd", "--components", "text_encoder", "--out", str(out),
+                       "--no-progress"])
+    assert rc == 0 and (out / "manifest.json").exists()
+    assert to_onnx.main(["--model", "builtin:tiny-sd", "--components", "text_encoder", "--out", str(out)]) == 2
+
+    from bksdm_edge.cli import main
+
+    with pytest.raises(SystemExit):  # argparse rejects an unknown precision
+        main(["export", "--model", "builtin:tiny-sd", "--precision", "int4", "--out", str(tmp_path / "x")])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_full_size_bk_small_unet_fp32_external_data_and_int8(tmp_path):
+    """SD-v1.4-size BK-SDM-Small U-Net (482M params): fp32 with external data, and int8, both validated."""
+    from bksdm_edge.loading import load_model
+    from bksdm_edge.student import build_student
+
+    model = load_model("builtin:sd-v1.4")
+    model.unet, _ = build_student(model.unet, "bk-small")
+    results = {}
+    for precision in ("fp32", "int8-dynamic", "int8"):
+        t0 = time.time()
+        path = export_bundle("builtin:sd-v1.4", model=model, out=tmp_path / precision, precision=precision,
+                             components=["unet"], calibration_steps=2, validation_steps=2,
+                             calibration_prompts=_two_prompts(tmp_path), progress=False)
+        manifest = json.loads((path / "manifest.json").read_text())
+        report = json.loads((path / "validation.json").read_text())
+        assert report["passed"]
+        sizes = {k: v["size"] for k, v in manifest["files"].items() if k.startswith("unet/")}
+        results[precision] = {"seconds": round(time.time() - t0), "bytes": sizes,
+                              "min_psnr": min(s["psnr_db"] for s in report["components"]["unet"]["sets"])}
+        if precision == "fp32":
+            assert "unet/model.onnx_data" in manifest["files"]
+    print(json.dumps(results, indent=2))
+    if os.environ.get("BKSDM_SLOW_RESULTS"):
+        open(os.environ["BKSDM_SLOW_RESULTS"], "w").write(json.dumps(results, indent=2))
+
+
+def _two_prompts(tmp_path):
+    p = tmp_path / "prompts.txt"
+    p.write_text("a photo of an astronaut riding a horse on mars\na bowl of ramen on a wooden table\n")
+    return p
