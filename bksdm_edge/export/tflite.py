@@ -199,6 +199,26 @@ def _numpy(x):
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
+def _union_min_max(qsv: dict, new: dict) -> dict:
+    return {**qsv, "min": np.minimum(qsv["min"], new["min"]), "max": np.maximum(qsv["max"], new["max"])}
+
+
+def _calibrate(q, feed: dict[str, list[dict]]) -> dict:
+    """Activation ranges over ALL calibration samples.
+
+    ``Quantizer.calibrate`` folds samples in with a 0.95 moving average, so the first sample
+    dominates: a trajectory starting at timestep 1 left the U-Net's timestep input a range of
+    0..119 (every later timestep clipped). The union of per-sample min/max is what a static
+    int8 model needs: every value seen in a real run must be representable.
+    """
+    from ai_edge_quantizer import calibrator
+
+    calib = calibrator.Calibrator(q._float_model_buffer, num_threads=os.cpu_count() or 1,
+                                  qsv_update_func=_union_min_max)
+    calib.calibrate(feed, q._recipe_manager)
+    return calib.get_model_qsvs()
+
+
 def _quantize(fp32_path: Path, out_path: Path, precision: str, signature: str, calibration) -> None:
     from ai_edge_quantizer import quantizer
 
@@ -211,7 +231,7 @@ def _quantize(fp32_path: Path, out_path: Path, precision: str, signature: str, c
                 "gathered from a real pipeline run (the export command collects them from its prompt list)."
             )
         details = _signature_runner(fp32_path, signature, threads=1).get_input_details()
-        result = q.calibrate({signature: _calibration_feed(calibration, details)}, num_threads=os.cpu_count() or 1)
+        result = _calibrate(q, {signature: _calibration_feed(calibration, details)})
     # Serializing to a path lets the quantizer write buffers over 2 GiB as offset buffers
     # and skip a second in-memory copy of the model.
     q.quantize(result, serialize_to_path=str(out_path), enable_progress_report=False)
