@@ -120,3 +120,19 @@ def test_ready_configs_expand():
     for name in ("quick", "cpu-full", "gpu"):
         cfg = load_config(resolve_config(name))
         assert cfg.scenarios and any(s.is_teacher for s in cfg.scenarios)
+
+
+def test_resume_and_finalize_keep_rows_and_record_missing(tmp_path, plugin_path):
+    base = {"source": "builtin:tiny-sd", "plugins": [plugin_path],
+            "defaults": {"resolution": 64, "threads": 1, "repeats": 1, "warmup": 0},
+            "matrix": [{"model": "teacher", "component": "text_encoder", "backend": "fake-slowstart"}]}
+    out = tmp_path / "run"
+    run_benchmark(expand(base), out, cache=tmp_path / "cache", log=lambda m: None)
+    first = json.loads((out / "results.json").read_text())["rows"][0]
+    more = {**base, "matrix": base["matrix"] + [{"model": "bk-tiny", "component": "text_encoder",
+                                                   "backend": "fake-slowstart"}]}
+    doc = run_benchmark(expand(more), out, cache=tmp_path / "cache", log=lambda m: None, finalize=True)
+    kept, missing = doc["rows"]
+    assert kept["times_s"] == first["times_s"] and kept["error"] is None
+    assert missing["model"] == "bk-tiny" and missing["error"].startswith("not measured")
+    assert (out / "latency_text_encoder.png").exists()

@@ -50,16 +50,21 @@ def run_child(task: dict, timeout_s: float, env: dict[str, str] | None = None) -
         reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stdout.read(65536), b"")), daemon=True)
         reader.start()
         status, rusage, timed_out = None, None, False
-        while True:
-            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() - start > timeout_s:
-                timed_out = True
-                os.killpg(proc.pid, signal.SIGKILL)
-                _, status, rusage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.05)
+        try:
+            while True:
+                pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.perf_counter() - start > timeout_s:
+                    timed_out = True
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    _, status, rusage = os.wait4(proc.pid, 0)
+                    break
+                time.sleep(0.05)
+        except BaseException:  # stopping the run stops its worker (it runs in its own session)
+            os.killpg(proc.pid, signal.SIGKILL)
+            os.wait4(proc.pid, 0)
+            raise
         proc.returncode = os.waitstatus_to_exitcode(status)
         reader.join(timeout=5)
         wall = time.perf_counter() - start
@@ -223,8 +228,18 @@ def paper_macs(scenarios: list[Scenario], log: Callable[[str], None] = print) ->
     return out
 
 
+STOPPED = "not measured: the run was stopped before this scenario"
+
+
+def _row_key(r) -> tuple:
+    get = (lambda k: r[k]) if isinstance(r, dict) else (lambda k: getattr(r, k))
+    return tuple(get(k) for k in ("source", "model", "component", "backend", "precision", "resolution", "batch",
+                                  "threads", "device"))
+
+
 def run_benchmark(config: BenchConfig, out_dir: str | Path, *, cache: str | Path | None = None,
-                  log: Callable[[str], None] = print, imported: list[dict] | None = None) -> dict[str, Any]:
+                  log: Callable[[str], None] = print, imported: list[dict] | None = None,
+                  resume: bool = False, finalize: bool = False) -> dict[str, Any]:
     """Run every scenario of ``config`` and write ``results.json``, ``results.csv``, ``report.md`` and plots.
 
     Args:
@@ -233,6 +248,11 @@ def run_benchmark(config: BenchConfig, out_dir: str | Path, *, cache: str | Path
         cache: where exported artifacts are kept between runs (default ``~/.cache/bksdm-edge/bench``).
         log: progress messages.
         imported: rows measured elsewhere (``importing.load_rows``), added to the report as they are.
+        resume: keep the rows of an earlier (stopped) run in ``out_dir/results.json`` and run only the rest.
+        finalize: like ``resume`` but run nothing: the missing scenarios become rows whose error says they
+            were not measured, and the full report (with plots) is written.
+
+    Stopping a run (Ctrl-C / SIGTERM) also records the scenarios not reached as such rows.
 
     Returns the results document (also written to ``results.json``).
     """
@@ -247,6 +267,11 @@ def run_benchmark(config: BenchConfig, out_dir: str | Path, *, cache: str | Path
                     log=log)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     machine_start = machine_info()
+    previous: dict[tuple, dict] = {}
+    if (resume or finalize) and (out_dir / "results.json").exists():
+        old = json.loads((out_dir / "results.json").read_text())
+        started, machine_start = old["started"], old["machine"]
+        previous = {_row_key(r): r for r in old["rows"] if r.get("error") != STOPPED and "imported_from" not in r}
     # MACs first (meta device, seconds): the report is rewritten after every row, so a run that is
     # stopped early still leaves a complete report of what it measured.
     macs = paper_macs(config.scenarios, log)
@@ -269,16 +294,34 @@ def run_benchmark(config: BenchConfig, out_dir: str | Path, *, cache: str | Path
 
     # Config order: the config decides what runs first (put the cheap, important rows early).
     order = list(config.scenarios)
-    for i, s in enumerate(order, 1):
-        log(f"[{i}/{len(order)}] {s.label}")
-        t0 = time.perf_counter()
-        row = runner.run_scenario(s)
-        row["load_average_1m"] = (os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
-        rows.append(row)
-        status = f"error: {row['error']}" if row["error"] else f"median {row['median_s']:.4f} s"
-        log(f"    {status} ({time.perf_counter() - t0:.1f} s)")
-        if i < len(order):
-            write_report(document(final=False), out_dir, plots=False)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    old_handler = signal.signal(signal.SIGTERM, on_term)
+    try:
+        for i, s in enumerate(order, 1):
+            if _row_key(s) in previous:
+                rows.append(previous[_row_key(s)])
+                continue
+            if finalize:
+                rows.append({**base_row(s), "error": STOPPED})
+                continue
+            log(f"[{i}/{len(order)}] {s.label}")
+            t0 = time.perf_counter()
+            row = runner.run_scenario(s)
+            row["load_average_1m"] = (os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
+            rows.append(row)
+            status = f"error: {row['error']}" if row["error"] else f"median {row['median_s']:.4f} s"
+            log(f"    {status} ({time.perf_counter() - t0:.1f} s)")
+            if i < len(order):
+                write_report(document(final=False), out_dir, plots=False)
+    except KeyboardInterrupt:
+        done = {_row_key(r) for r in rows}
+        rows.extend({**base_row(s), "error": STOPPED} for s in order if _row_key(s) not in done)
+        log("stopped: the scenarios not reached are recorded as not measured")
+    finally:
+        signal.signal(signal.SIGTERM, old_handler)
     doc = document(final=True)
     write_report(doc, out_dir)
     return doc
@@ -298,7 +341,8 @@ def resolve_config(name_or_path: str | Path) -> Path:
 
 def bench(config: str | Path = "quick", *, out_dir: str | Path | None = None, cache: str | Path | None = None,
           device: str | None = None, imports: tuple[str | Path, ...] = (), overrides: dict[str, Any] | None = None,
-          android: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+          android: dict[str, Any] | None = None, resume: bool = False, finalize: bool = False,
+          log: Callable[[str], None] = print) -> dict[str, Any]:
     """Load a config, run it and write the report: what ``benchmarks/run.py`` and ``bksdm-edge bench`` call.
 
     Args:
@@ -309,6 +353,7 @@ def bench(config: str | Path = "quick", *, out_dir: str | Path | None = None, ca
         imports: JSON/CSV files of results measured elsewhere (format in benchmarks/README.md).
         overrides: other scenario fields forced on every scenario (e.g. ``{"repeats": 3}``).
         android: adb / tool paths for ``android:SERIAL`` (merged over the config's ``android`` section).
+        resume, finalize: see ``run_benchmark``.
     """
     from .importing import load_rows
     from .scenario import load_config
@@ -321,6 +366,6 @@ def bench(config: str | Path = "quick", *, out_dir: str | Path | None = None, ca
     imported = [row for f in imports for row in load_rows(f)]
     out = Path(out_dir) if out_dir else RESULTS_DIR / cfg.name
     log(f"benchmark {cfg.name}: {len(cfg.scenarios)} scenarios -> {out}")
-    doc = run_benchmark(cfg, out, cache=cache, log=log, imported=imported)
+    doc = run_benchmark(cfg, out, cache=cache, log=log, imported=imported, resume=resume, finalize=finalize)
     log(f"wrote {out}/report.md, results.csv, results.json")
     return doc

@@ -17,6 +17,10 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, help="override the thread count of every scenario")
     p.add_argument("--import", dest="imports", action="append", default=[], type=Path, metavar="FILE",
                    help="add rows measured elsewhere (JSON or CSV, format in benchmarks/README.md); repeatable")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows already in the run folder's results.json and run only the missing scenarios")
+    p.add_argument("--finalize", action="store_true",
+                   help="run nothing: record missing scenarios as not measured and write the full report")
     p.add_argument("--adb", help="adb executable for android devices (default: adb on PATH)")
     p.add_argument("--benchmark-model", help="path of TFLite's benchmark_model binary (on this machine)")
     p.add_argument("--perf-test", help="path of onnxruntime_perf_test (on this machine)")
@@ -38,7 +42,7 @@ def run(args) -> int:
     android = {k: v for k, v in (("adb", args.adb), ("benchmark_model", args.benchmark_model),
                                  ("onnxruntime_perf_test", args.perf_test)) if v}
     doc = bench(args.config, out_dir=args.out, cache=args.cache, device=args.device, imports=tuple(args.imports),
-                overrides=overrides, android=android)
+                overrides=overrides, android=android, resume=args.resume, finalize=args.finalize)
     failed = sum(1 for r in doc["rows"] if r.get("error"))
     print(f"{len(doc['rows'])} rows, {failed} with an error")
     return 0
