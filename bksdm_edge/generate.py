@@ -40,13 +40,14 @@ class _Component:
     def __call__(self, *arrays: np.ndarray) -> np.ndarray:
         rows = arrays[0].shape[0]
         step = self.batch or rows
-        if rows % step:
-            raise BksdmError(f"{self.name} was exported with batch {step}; cannot run {rows} rows")
+        padded = -rows % step  # e.g. one latent through a batch-2 decoder: repeat the last row, drop its output
+        if padded:
+            arrays = tuple(np.concatenate([a, np.repeat(a[-1:], padded, axis=0)]) for a in arrays)
         parts = []
-        for i in range(0, rows, step):
+        for i in range(0, rows + padded, step):
             feeds = to_runner_inputs(self.inputs, [a[i : i + step] for a in arrays])
             parts.append(from_runner_outputs(self.outputs, self.run_raw(feeds))[0])
-        return np.concatenate(parts)
+        return np.concatenate(parts)[:rows]
 
 
 class BundlePipeline:

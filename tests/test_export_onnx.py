@@ -164,6 +164,13 @@ def test_full_size_bk_small_unet_fp32_external_data_and_int8(tmp_path):
                               "min_psnr": min(s["psnr_db"] for s in report["components"]["unet"]["sets"])}
         if precision == "fp32":
             assert "unet/model.onnx_data" in manifest["files"]
+        # CPU latency of one U-Net call (after a warm-up run): is static QDQ faster than fp32?
+        run = onnx_backend.load_runner(path / "unet" / "model.onnx")
+        feeds = {k: v.numpy() for k, v in COMPONENTS["unet"].example_inputs(model, ShapeConfig()).items()}
+        run(feeds)
+        t1 = time.perf_counter()
+        run(feeds)
+        results[precision]["unet_call_s"] = round(time.perf_counter() - t1, 2)
     print(json.dumps(results, indent=2))
     if os.environ.get("BKSDM_SLOW_RESULTS"):
         open(os.environ["BKSDM_SLOW_RESULTS"], "w").write(json.dumps(results, indent=2))

@@ -35,6 +35,13 @@ def test_every_target_declares_tolerances_for_its_components():
                 assert tol.min_psnr is not None or tol.min_cosine is not None or tol.atol is not None
 
 
+def test_component_names_match_the_components_module():
+    from bksdm_edge.export import components, registry
+
+    assert registry.ALL_COMPONENTS == tuple(components.COMPONENTS)
+    assert registry.DEFAULT_COMPONENTS == tuple(components.DEFAULT_COMPONENTS)
+
+
 def test_onnx_targets():
     assert {p for f, p in all_targets() if f == "onnx"} == {"fp32", "fp16", "int8", "int8-dynamic", "int8-static"}
     assert "unet" in get_target("onnx", "int8").NEEDS_CALIBRATION

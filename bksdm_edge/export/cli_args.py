@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Sequence
 
-from .registry import FORMAT_MODULES, get_target, precisions
+from .registry import ALL_COMPONENTS, DEFAULT_COMPONENTS, FORMAT_MODULES, get_target, precisions
 
 PRECISION_HELP = (
     "fp32 = reference; fp16 = half weights/math, overflow-prone ops kept fp32. ONNX int8 choices: "
@@ -34,8 +34,6 @@ def add_export_args(parser: argparse.ArgumentParser, formats: Sequence[str] | No
         parser: an argparse parser (or subparser).
         formats: formats to offer; with one format ``--format`` is not added (the script is format-specific).
     """
-    from .components import COMPONENTS, DEFAULT_COMPONENTS
-
     formats = tuple(formats or FORMAT_MODULES)
     parser.add_argument("--model", default="builtin:mini-sd",
                         help="model source: builtin:NAME, diffusers pipeline folder or hub id (default: builtin:mini-sd)")
@@ -47,7 +45,7 @@ def add_export_args(parser: argparse.ArgumentParser, formats: Sequence[str] | No
     choices = sorted({p for f in formats for p in precisions(f)}) or None
     parser.add_argument("--precision", default="fp32", choices=choices, help=PRECISION_HELP)
     parser.add_argument("--components", type=_components, default=list(DEFAULT_COMPONENTS),
-                        help=f"comma-separated subset of {','.join(COMPONENTS)} (default: {','.join(DEFAULT_COMPONENTS)})")
+                        help=f"comma-separated subset of {','.join(ALL_COMPONENTS)} (default: {','.join(DEFAULT_COMPONENTS)})")
     parser.add_argument("--height", type=int, help="image height (default: the model's native size)")
     parser.add_argument("--width", type=int, help="image width (default: the model's native size)")
     parser.add_argument("--batch", type=int, default=1, choices=(1, 2),

@@ -38,7 +38,10 @@ FORMAT_MODULES: dict[str, str] = {
     "coreml": "bksdm_edge.export.coreml",
 }
 
+# The names of components.COMPONENTS / DEFAULT_COMPONENTS, repeated here so that torch-free code
+# (the CLI parser, generate) need not import components.py; tests/test_registry.py keeps them equal.
 ALL_COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+DEFAULT_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 
 
 @dataclass(frozen=True)
