@@ -255,7 +255,9 @@ def artifact_dir(cache: Path, s: Scenario, backend: Backend) -> Path:
     """Where the artifact of ``s`` lives: shared by scenarios that differ only in threads/repeats/device."""
     source = s.source.replace(":", "_").replace("/", "_")
     model = s.model if s.model == TEACHER or "/" not in s.model else "folder_" + Path(s.model).name
-    return (cache / source / model / s.component / f"{backend.artifact_format()}-{backend.artifact_precision(s.precision)}"
+    variant = f"+{s.variant}" if s.variant and s.options.get("export") else ""
+    return (cache / source / model / s.component
+            / f"{backend.artifact_format()}-{backend.artifact_precision(s.precision)}{variant}"
             / f"{s.resolution}px-b{s.batch}")
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 # The CSV schema (documented in benchmarks/README.md); JSON rows carry these plus raw times.
 CSV_COLUMNS = (
-    "model", "component", "backend", "precision", "batch", "resolution", "threads", "device",
+    "model", "component", "backend", "precision", "variant", "batch", "resolution", "threads", "device",
     "median_s", "p90_s", "min_s", "mean_s", "cold_s", "first_run_s", "load_s", "repeats", "warmup",
     "peak_rss_mb", "baseline_rss_mb", "peak_gpu_mb", "size_mb", "export_s", "export_peak_rss_mb", "macs_g",
     "speedup_vs_teacher", "mem_ratio_vs_teacher", "size_ratio_vs_teacher", "macs_ratio_vs_teacher",
@@ -37,6 +37,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 def markdown_table(rows: list[dict]) -> str:
     cols = [("model", "model"), ("component", "component"), ("backend", "backend"), ("precision", "prec"),
+            ("variant", "variant"),
             ("resolution", "px"), ("batch", "batch"), ("threads", "thr"), ("device", "device"),
             ("median_s", "median s"), ("p90_s", "p90 s"), ("min_s", "min s"), ("cold_s", "cold s"),
             ("load_s", "load s"), ("peak_rss_mb", "peak RSS MB"), ("size_mb", "size MB"),
@@ -89,7 +90,7 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
     ok = [r for r in rows if not r.get("error") and r.get("median_s")]
     for component in sorted({r["component"] for r in ok}):
         sub = [r for r in ok if r["component"] == component]
-        groups = sorted({f"{r['backend']}-{r['precision']}" + (f" @{r['device']}" if r["device"] != "cpu" else "")
+        groups = sorted({f"{r['backend']}-{r['precision']}" + (f"+{r['variant']}" if r.get("variant") else "") + (f" @{r['device']}" if r["device"] != "cpu" else "")
                          for r in sub})
         models = ["teacher"] + sorted({r["model"] for r in sub} - {"teacher"})
         for metric, label, fname in (("median_s", "median latency (s)", "latency"),
@@ -100,7 +101,7 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
                 xs, ys = [], []
                 for i, g in enumerate(groups):
                     match = [r for r in sub if r["model"] == model and
-                             f"{r['backend']}-{r['precision']}" + (f" @{r['device']}" if r["device"] != "cpu" else "") == g]
+                             f"{r['backend']}-{r['precision']}" + (f"+{r['variant']}" if r.get("variant") else "") + (f" @{r['device']}" if r["device"] != "cpu" else "") == g]
                     if match and match[0].get(metric):
                         xs.append(i + (j - (len(models) - 1) / 2) * width)
                         ys.append(match[0][metric])

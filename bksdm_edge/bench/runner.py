@@ -101,6 +101,7 @@ def _child_env(s: Scenario) -> dict[str, str]:
 def base_row(s: Scenario) -> dict[str, Any]:
     return {
         "model": s.model, "component": s.component, "backend": s.backend, "precision": s.precision,
+        "variant": getattr(s, "variant", "") or "",
         "batch": s.batch, "resolution": s.resolution, "threads": s.threads, "device": s.device,
         "repeats": s.repeats, "warmup": s.warmup, "source": s.source,
         "median_s": None, "p90_s": None, "min_s": None, "mean_s": None, "cold_s": None, "first_run_s": None,
@@ -178,7 +179,7 @@ def add_ratios(rows: list[dict[str, Any]], macs: dict[tuple, int] | None = None)
         return (d["source"], d["component"], d["backend"], d["precision"], d["resolution"], d["batch"],
                 d["threads"], d["device"])
 
-    teachers = {key(r): r for r in rows if r["model"] == "teacher" and not r["error"]}
+    teachers = {key(r): r for r in rows if r["model"] == "teacher" and not r["error"] and not r.get("variant")}
     for r in rows:
         t = teachers.get(key(r))
         if t is not None and not r["error"]:
@@ -234,7 +235,8 @@ STOPPED = "not measured: the run was stopped before this scenario"
 def _row_key(r) -> tuple:
     get = (lambda k: r[k]) if isinstance(r, dict) else (lambda k: getattr(r, k))
     return tuple(get(k) for k in ("source", "model", "component", "backend", "precision", "resolution", "batch",
-                                  "threads", "device"))
+                                  "threads", "device")) + ((get("variant") or "") if not isinstance(r, dict)
+                                                           else (r.get("variant") or ""),)
 
 
 def run_benchmark(config: BenchConfig, out_dir: str | Path, *, cache: str | Path | None = None,

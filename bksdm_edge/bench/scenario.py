@@ -54,11 +54,16 @@ class Scenario:
     source: str = "builtin:mini-sd"
     timeout_s: float = 1800.0
     calibration_samples: int = 3  # seeded inputs for static int8 (speed benchmark; accuracy is checked elsewhere)
-    options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # backend-specific extras
+    # Backend-specific extras: ``export`` (exporter options) and ``runner`` (load_runner keywords).
+    # Scenarios that set options must name them with ``variant`` (it keys the artifact cache and the report).
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
+    variant: str = ""
 
     def __post_init__(self):
         if self.component not in COMPONENTS:
             raise ConfigError(f"unknown component {self.component!r}; choose from {', '.join(COMPONENTS)}")
+        if self.options.get("export") and not self.variant:
+            raise ConfigError("a scenario with export options needs a 'variant' name (e.g. variant: conv-only)")
         if self.repeats < 1 or self.warmup < 0:
             raise ConfigError(f"repeats must be >= 1 and warmup >= 0 (got {self.repeats}, {self.warmup})")
 
@@ -68,7 +73,8 @@ class Scenario:
 
     @property
     def label(self) -> str:
-        return (f"{self.model}/{self.component}/{self.backend}-{self.precision}/{self.resolution}px"
+        return (f"{self.model}/{self.component}/{self.backend}-{self.precision}{'+' + self.variant if self.variant else ''}"
+                f"/{self.resolution}px"
                 f"/b{self.batch}/t{self.threads}/{self.device}")
 
     def teacher_scenario(self) -> "Scenario":
