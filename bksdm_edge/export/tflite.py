@@ -407,7 +407,7 @@ class _TFLiteTarget(ExportTarget):
 @register_target
 class TFLiteFp32(_TFLiteTarget):
     PRECISION = "fp32"
-    DESCRIPTION = "float32 (weights over 2 GiB do not fit a flatbuffer: use fp16/int8 for the full SD U-Net)"
+    DESCRIPTION = "float32 reference (over 2 GiB of weights, e.g. the SD-v1.4 U-Net: prefer fp16/int8)"
     TOLERANCES = {"default": Tolerance(atol=1e-4, rtol=1e-3), "vae_decoder": Tolerance(atol=1e-3, rtol=1e-3),
                   "vae_encoder": Tolerance(atol=1e-3, rtol=1e-3)}
 
@@ -440,13 +440,14 @@ class TFLiteW8A8(_TFLiteTarget):
     DESCRIPTION = ("full-integer static int8 U-Net and VAE (weights and activations, calibrated on real pipeline "
                    "inputs; int8 I/O with scale/zero point in the manifest); dynamic-range int8 text encoder")
     # Measured on the random-weight toy pipeline (the hardest case: no structure for the ranges to
-    # fit): U-Net cosine 0.93-0.96, VAE encoder 0.96; the decoder's seeded inputs (N(0,1)/0.18215)
-    # reach beyond the ranges calibrated on real latents and are clipped (cosine 0.86-0.88), while
-    # its real-trajectory inputs pass 0.97. Broken exports (layout, names, ranges) score near 0.
-    TOLERANCES = {"default": Tolerance(min_psnr=15.0, min_cosine=0.9),
-                  "vae_decoder": Tolerance(min_psnr=12.0, min_cosine=0.85),
+    # fit): U-Net cosine 0.983-0.996 (PSNR 25-31 dB), VAE encoder 0.970-0.996; the decoder's seeded
+    # inputs (N(0,1)/0.18215) reach beyond the ranges calibrated on real latents and are clipped
+    # (cosine 0.87-0.90, 22 dB) while its real-trajectory input scores 0.996 (35 dB). Broken
+    # exports (layout, names, ranges) score near 0.
+    TOLERANCES = {"default": Tolerance(min_psnr=17.0, min_cosine=0.95),
+                  "vae_decoder": Tolerance(min_psnr=18.0, min_cosine=0.85),
                   "text_encoder": Tolerance(min_psnr=20.0, min_cosine=0.99)}
     NEEDS_CALIBRATION = ("unet", "vae_decoder", "vae_encoder")
-    # Full-integer CLIP loses too much (cosine 0.57-0.69 vs PyTorch on tiny-sd, the same with int16
+    # Full-integer CLIP loses too much (cosine 0.65-0.93 vs PyTorch on tiny-sd, no better with int16
     # activations); it runs once per image, so its speed hardly matters: keep it dynamic-range int8.
     OPTIONS = {"text_encoder": {"recipe": "int8"}}
