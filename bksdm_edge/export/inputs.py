@@ -53,31 +53,34 @@ def record_pipeline_inputs(
 ) -> dict[str, list[list[dict[str, np.ndarray]]]]:
     """Run the diffusers pipeline (classifier-free guidance) on each prompt and record component inputs.
 
-    Returns, per component, one list per denoising step (U-Net) or a single list (others) of
-    single-row input dicts (no batch axis), in the order the pipeline produced them:
-    for the U-Net and text encoder each prompt contributes an unconditional and a conditional row.
+    Returns, per component, one list per U-Net call (a scheduler may call it more often than ``steps``:
+    PNDM makes steps + 1 calls) or a single list (others) of single-row input dicts (no batch axis), in
+    the order the pipeline produced them: for the U-Net and text encoder each prompt contributes an
+    unconditional and a conditional row.
     """
     pipe = model.to_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    unet_steps: list[list[dict[str, np.ndarray]]] = [[] for _ in range(steps)]
-    calls = {"n": 0}
+    unet_calls: list[list[dict[str, np.ndarray]]] = []
+    call_of_prompt = {"n": 0}
 
     def hook(_module, args, kwargs):
         names = ("sample", "timestep", "encoder_hidden_states")
         values = dict(zip(names, args)) | {k: kwargs[k] for k in names if k in kwargs}
         x, t, ehs = (values[k] for k in names)
         t = torch.as_tensor(t, dtype=torch.float32).reshape(-1).expand(x.shape[0])
-        step = calls["n"] % steps
+        if call_of_prompt["n"] == len(unet_calls):
+            unet_calls.append([])
         for i in range(x.shape[0]):
-            unet_steps[step].append(
+            unet_calls[call_of_prompt["n"]].append(
                 {"sample": x[i].float().numpy(), "timestep": np.float32(t[i]),
                  "encoder_hidden_states": ehs[i].float().numpy()}
             )
-        calls["n"] += 1
+        call_of_prompt["n"] += 1
 
     records: dict[str, list] = {c: [] for c in components}
     latents = []
     for p, prompt in enumerate(prompts):
+        call_of_prompt["n"] = 0
         handle = pipe.unet.register_forward_pre_hook(hook, with_kwargs=True) if "unet" in components else None
         try:
             out = pipe(
@@ -95,7 +98,7 @@ def record_pipeline_inputs(
                                       return_tensors="np").input_ids[0]
                 records["text_encoder"].append({"input_ids": ids.astype(np.int32)})
     if "unet" in components:
-        records["unet"] = unet_steps
+        records["unet"] = unet_calls
     scale = model.vae.config.scaling_factor
     decoder_rows = [{"latent_sample": (z / scale).float().numpy()} for z in latents]
     if "vae_decoder" in components:
@@ -112,12 +115,13 @@ def trajectory_input_sets(
     model: SDModel, shape: ShapeConfig, prompt: str, components, *, steps: int = 4, seed: int = 0,
     max_unet_steps: int = 3,
 ) -> dict[str, list[InputSet]]:
-    """Validation sets from one pipeline run on ``prompt``: the U-Net at the first, middle and last step."""
+    """Validation sets from one pipeline run on ``prompt``: the U-Net at its first, middle and last call."""
     records = record_pipeline_inputs(model, shape, [prompt], steps=steps, seed=seed, components=components)
     sets: dict[str, list[InputSet]] = {}
     for component, rows in records.items():
         if component == "unet":
-            picked = sorted({0, steps // 2, steps - 1})[:max_unet_steps]
+            n = len(rows)
+            picked = sorted({0, n // 2, n - 1})[:max_unet_steps]
             sets[component] = [
                 InputSet(f"trajectory:step{s}" + (f":{j}" if j else ""), batch)
                 for s in picked for j, batch in enumerate(_rebatch(rows[s], shape.batch))
