@@ -219,7 +219,23 @@ def _calibrate(q, feed: dict[str, list[dict]]) -> dict:
     return calib.get_model_qsvs()
 
 
-def _quantize(fp32_path: Path, out_path: Path, precision: str, signature: str, calibration) -> None:
+def _range_samples(feed: list[dict], ranges: Mapping[str, tuple[float, float]]) -> list[dict]:
+    """Copies of the first calibration sample with an input set to each end of its declared range.
+
+    A pipeline run of a few steps sees only a few timesteps (4 steps: 1..751), and a static int8
+    input clips everything outside what calibration saw; a 25-step generation then feeds 981.
+    """
+    extra = []
+    for name, bounds in ranges.items():
+        for value in bounds:
+            sample = dict(feed[0])
+            sample[name] = np.full_like(sample[name], value)
+            extra.append(sample)
+    return extra
+
+
+def _quantize(fp32_path: Path, out_path: Path, precision: str, signature: str, calibration,
+              calibration_ranges=None) -> None:
     from ai_edge_quantizer import quantizer
 
     q = quantizer.Quantizer(str(fp32_path), quantization_recipe(precision))
@@ -231,7 +247,8 @@ def _quantize(fp32_path: Path, out_path: Path, precision: str, signature: str, c
                 "gathered from a real pipeline run (the export command collects them from its prompt list)."
             )
         details = _signature_runner(fp32_path, signature, threads=1).get_input_details()
-        result = _calibrate(q, {signature: _calibration_feed(calibration, details)})
+        feed = _calibration_feed(calibration, details)
+        result = _calibrate(q, {signature: feed + _range_samples(feed, calibration_ranges or {})})
     # Serializing to a path lets the quantizer write buffers over 2 GiB as offset buffers
     # and skip a second in-memory copy of the model.
     q.quantize(result, serialize_to_path=str(out_path), enable_progress_report=False)
@@ -300,7 +317,8 @@ def convert(
         precision: fp32 | fp16 | int8 | int8-weight-only | w8a8.
         calibration: input dicts from a real pipeline run (required for w8a8).
         options: ``recipe`` (a precision to use instead of ``precision``), ``signature`` (default: out_dir's
-            name), ``fp32_tflite`` (an fp32 .tflite of this same
+            name), ``calibration_ranges`` ({input: (low, high)} that w8a8 must cover beyond the calibration
+            samples), ``fp32_tflite`` (an fp32 .tflite of this same
             module to quantize instead of converting again), ``lightweight`` (litert-torch lightweight_conversion; default on above 100M params),
             ``memory_limit_bytes`` (override the available-memory check), ``verbose`` (litert progress).
     """
@@ -340,7 +358,7 @@ def convert(
         fp32_size = fp32_path.stat().st_size
         # 3. Quantize the fp32 flatbuffer.
         if precision != "fp32":
-            _quantize(fp32_path, path, precision, signature, calibration)
+            _quantize(fp32_path, path, precision, signature, calibration, options.get("calibration_ranges"))
     size = path.stat().st_size
 
     inputs, outputs = describe(path, list(example_inputs), list(output_names))
@@ -450,4 +468,6 @@ class TFLiteW8A8(_TFLiteTarget):
     NEEDS_CALIBRATION = ("unet", "vae_decoder", "vae_encoder")
     # Full-integer CLIP loses too much (cosine 0.65-0.93 vs PyTorch on tiny-sd, no better with int16
     # activations); it runs once per image, so its speed hardly matters: keep it dynamic-range int8.
-    OPTIONS = {"text_encoder": {"recipe": "int8"}}
+    OPTIONS = {"text_encoder": {"recipe": "int8"},
+               # The scheduler may call the U-Net at any training timestep, whatever calibration saw.
+               "unet": {"calibration_ranges": {"timestep": (0.0, 999.0)}}}
