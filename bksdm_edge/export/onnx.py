@@ -323,8 +323,8 @@ class OnnxInt8Static(_OnnxTarget):
 @register_target
 class OnnxInt8(_OnnxTarget):
     PRECISION = "int8"
-    DESCRIPTION = ("recommended int8: static QDQ (calibrated) for the U-Net and VAE, which runs faster than fp32 "
-                   "on CPU; dynamic int8 for the text encoder (MatMul-only, accurate without calibration)")
+    DESCRIPTION = ("recommended int8: static QDQ (calibrated) for the U-Net and VAE (QLinearConv kernels, unlike the "
+                   "dynamic ConvInteger path measured slower than fp32); dynamic int8 for the text encoder")
     TOLERANCES = INT8_TOLERANCES
     NEEDS_CALIBRATION = ("unet", "vae_decoder", "vae_encoder")
     OPTIONS = {"default": {"quantization": "static"}, "text_encoder": {"quantization": "dynamic"}}
