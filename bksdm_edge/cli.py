@@ -33,7 +33,22 @@ def _quiet_third_party() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_modules(argv: list[str] | None) -> list[str]:
+    """The command modules to import: only the one named on the command line when there is one.
+
+    Importing every command would import torch (seconds) even for ``bksdm-edge generate``, which must
+    run without PyTorch; ``bksdm-edge --help`` still lists them all.
+    """
+    from . import commands
+
+    names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__))
+    first = next((a for a in (argv or []) if not a.startswith("-")), None)
+    if first is not None and first.replace("-", "_") in names:
+        return [first.replace("-", "_")]
+    return names
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bksdm-edge",
         description="Compress Stable Diffusion U-Nets the BK-SDM way (arXiv 2305.15798), distil them, export them "
@@ -47,15 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     from . import commands
 
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+    for name in _command_modules(argv):
+        module = importlib.import_module(f"{commands.__name__}.{name}")
         module.register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_third_party()
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
