@@ -9,7 +9,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
 def test_generate_command_does_not_import_torch():
     # The bundle runtime must work on machines without PyTorch: parsing `generate` imports no torch.
     proc = _run("import sys; from bksdm_edge.cli import build_parser; "
-                "build_parser(['generate', '--bundle', 'b']).parse_args(['generate', '--bundle', 'b', '--prompt', 'p']); "
+                "build_parser(['generate', '--bundle', 'b']).parse_args(['generate', '--bundle', 'b', '--prompt', 'p', '--out', 'x.png']); "
                 "assert 'torch' not in sys.modules, 'torch imported'")
     assert proc.returncode == 0, proc.stderr
 
