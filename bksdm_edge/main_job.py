@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("out"), help="output folder (default: out)")
     parser.add_argument("--teacher", default=DEFAULT_TEACHER, help=f"built-in teacher (default: {DEFAULT_TEACHER})")
     parser.add_argument("--variant", default="bk-small", help="student variant (default: bk-small)")
-    parser.add_argument("--distill-steps", type=int, default=300, help="distillation steps (default: 300)")
+    parser.add_argument("--distill-steps", type=int, default=200, help="distillation steps (default: 200)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per digit prompt in the scored grids (default 5)")
     args = parser.parse_args(argv)
     if not args.teacher.startswith("builtin:") or args.teacher.split(":", 1)[1] not in BUILTINS:
