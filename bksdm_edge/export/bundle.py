@@ -25,6 +25,23 @@ class BundleError(BksdmError):
     """A bundle that is missing, incomplete or modified; the message names the file."""
 
 
+def component_entry(converted, root: Path) -> dict[str, Any]:
+    """The manifest entry of one exported component (file, precision, inputs, outputs, format facts)."""
+    return {
+        "file": converted.path.relative_to(root).as_posix(),
+        "precision": converted.precision,
+        "inputs": [t.to_json() for t in converted.inputs],
+        "outputs": [t.to_json() for t in converted.outputs],
+        "extra": converted.extra,
+    }
+
+
+def scheduler_entry(scheduler) -> dict[str, Any]:
+    """A diffusers scheduler's config as the manifest records it (``_class_name`` + public fields)."""
+    return {"_class_name": type(scheduler).__name__,
+            **{k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}}
+
+
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -140,6 +157,7 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
     if extra:
         raise BundleError(f"{root}: files not listed in the manifest: {', '.join(extra)}")
     for name, comp in manifest.get("components", {}).items():
-        if comp["file"] not in files:
+        # A component is one file (model.onnx) or a package folder (Core ML .mlpackage) of listed files.
+        if comp["file"] not in files and not any(f.startswith(comp["file"].rstrip("/") + "/") for f in files):
             raise BundleError(f"{root}: component {name} file {comp['file']} is not listed in the manifest")
     return manifest

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import BksdmError
-from .bundle import VALIDATION, BundleWriter
+from .bundle import VALIDATION, BundleWriter, component_entry, scheduler_entry
 from .registry import get_target
 
 RESOURCES = "Resources"
@@ -128,13 +128,7 @@ def export_coreml_bundle(config: CoreMLExportConfig, *, model=None, log=print) -
             log(f"  {converted.path.name}: stored {converted.extra['stored_weights']['stored_precision']}, "
                 f"{converted.extra['stored_weights']['package_bytes'] / 2**20:.1f} MiB, weight PSNR min "
                 f"{psnr.get('min_db', float('nan')):.1f} dB; " + "; ".join(converted.extra["notes"]))
-            manifest_components[name] = {
-                "file": converted.path.relative_to(root).as_posix(),
-                "precision": converted.precision,
-                "inputs": [t.to_json() for t in converted.inputs],
-                "outputs": [t.to_json() for t in converted.outputs],
-                "extra": converted.extra,
-            }
+            manifest_components[name] = component_entry(converted, root)
         report.save(root / VALIDATION)
 
         # 4. Tokenizer files (for Swift beside the models, and in the shared tokenizer/ folder), scheduler.
@@ -144,8 +138,7 @@ def export_coreml_bundle(config: CoreMLExportConfig, *, model=None, log=print) -
             shutil.copyfile(root / "tokenizer" / f, resources / f)
         vocab = clip_merges_and_vocab()[1]
         model.scheduler.save_config(root / "scheduler")
-        scheduler = {"_class_name": type(model.scheduler).__name__,
-                     **{k: v for k, v in dict(model.scheduler.config).items() if not k.startswith("_")}}
+        scheduler = scheduler_entry(model.scheduler)
         vae = model.vae.config
         manifest = {
             "format": "coreml",

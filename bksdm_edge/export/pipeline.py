@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import BksdmError
-from .bundle import VALIDATION, BundleWriter, read_manifest, verify_bundle
+from .bundle import VALIDATION, BundleWriter, component_entry, read_manifest, scheduler_entry, verify_bundle
 from .registry import get_target
 
 DEFAULT_VALIDATION_PROMPT = "a photo of an astronaut riding a horse on mars"
@@ -143,13 +143,7 @@ def export_bundle(
             sets = seeded_input_sets(name, model, shape) + real_sets.get(name, [])
             report.components[name] = validate_component(
                 name, target, module, converted, sets, input_names=spec.input_names, output_names=spec.output_names)
-            manifest_components[name] = {
-                "file": converted.path.relative_to(root).as_posix(),
-                "precision": converted.precision,
-                "inputs": [t.to_json() for t in converted.inputs],
-                "outputs": [t.to_json() for t in converted.outputs],
-                "extra": converted.extra,
-            }
+            manifest_components[name] = component_entry(converted, root)
         report.save(root / VALIDATION)
 
         # 4. Tokenizer, scheduler and the format's own layout files.
@@ -157,8 +151,7 @@ def export_bundle(
         write_clip_tokenizer_files(root / "tokenizer", tok.pad_token)
         vocab = clip_merges_and_vocab()[1]
         model.scheduler.save_config(root / "scheduler")
-        scheduler = {"_class_name": type(model.scheduler).__name__,
-                     **{k: v for k, v in dict(model.scheduler.config).items() if not k.startswith("_")}}
+        scheduler = scheduler_entry(model.scheduler)
         vae = model.vae.config
         manifest = {
             "format": target.FORMAT,
