@@ -16,10 +16,10 @@ pytest.importorskip("ai_edge_quantizer")
 
 from bksdm_edge.export import tflite  # noqa: E402
 from bksdm_edge.export.components import COMPONENTS, ShapeConfig  # noqa: E402
-from bksdm_edge.export.registry import all_targets, get_target  # noqa: E402
+from bksdm_edge.export.registry import all_targets, get_target, precisions  # noqa: E402
 
 SHAPE = ShapeConfig(height=64, width=64)
-PRECISIONS = [p for f, p in all_targets() if f == "tflite"]
+PRECISIONS = precisions("tflite")
 COMPONENT_NAMES = tuple(COMPONENTS)
 
 
@@ -70,7 +70,7 @@ def test_precisions_registered():
 
 
 @pytest.mark.parametrize("component", COMPONENT_NAMES)
-@pytest.mark.parametrize("precision", tflite.PRECISIONS)
+@pytest.mark.parametrize("precision", PRECISIONS)
 def test_component_converts_runs_and_validates(component, precision, tiny_model, fp32_models, real_inputs,
                                                tmp_path):
     from bksdm_edge.export.inputs import seeded_input_sets
