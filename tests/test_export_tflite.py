@@ -207,3 +207,11 @@ def test_dynamic_shapes_are_refused(tiny_model, tmp_path):
     with pytest.raises(tflite.ExportError, match="static shapes"):
         tflite.convert(spec.module(tiny_model), spec.example_inputs(tiny_model, SHAPE), spec.output_names,
                        tmp_path / "unet", "fp32", options={"dynamic_axes": spec.dynamic_axes})
+
+
+def test_w8a8_calibration_memory_is_checked(fp32_models, monkeypatch):
+    """Calibration keeps every intermediate tensor (a full-size U-Net at 512 px was OOM-killed): refuse first."""
+    monkeypatch.setattr(tflite, "available_memory", lambda: 1024)
+    runner = tflite._signature_runner(fp32_models["unet"].path)
+    with pytest.raises(tflite.ExportError, match="every intermediate tensor"):
+        tflite._check_calibration_memory(runner)

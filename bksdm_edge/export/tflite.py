@@ -51,7 +51,9 @@ FLATBUFFER_LIMIT = 2**31  # flatbuffers address 32-bit signed offsets
 MEMORY_BASE_BYTES = int(2.0 * 2**30)
 MEMORY_PER_PARAM_BYTE = {"fp32": 5.0, "fp16": 5.5, "int8": 5.5, "int8-weight-only": 5.5, "w8a8": 6.0}
 LIGHTWEIGHT_FACTOR = 1.0  # measured: see docs/tflite.md (lightweight_conversion did not lower the peak enough to count on)
-LIGHTWEIGHT_MIN_PARAMS = 100_000_000  # above this, convert with lightweight_conversion by default
+# lightweight_conversion did not lower the peak (BK-SDM-Tiny fp16: 5.23 GiB with it, 4.85 without) and
+# its int8 output failed to quantize at full size; off unless options["lightweight"] asks for it.
+LIGHTWEIGHT_MIN_PARAMS = 10**18
 
 
 def count_parameters(module) -> int:
@@ -199,6 +201,25 @@ def _numpy(x):
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
+def _check_calibration_memory(runner) -> None:
+    """Refuse w8a8 calibration that cannot fit: it keeps EVERY intermediate tensor of a run in memory.
+
+    That is activation-bound, not weight-bound: the BK-SDM-Tiny U-Net at 512 px was OOM-killed at
+    23 GB during calibration while its weight-based estimate said 9 GiB.
+    """
+    interpreter = runner._interpreter if hasattr(runner, "_interpreter") else None
+    if interpreter is None:
+        return
+    total = sum(int(np.prod(d["shape"])) * np.dtype(d["dtype"]).itemsize for d in interpreter.get_tensor_details())
+    need, have = int(1.5 * total), available_memory()
+    if need > have:
+        raise ExportError(
+            f"w8a8 calibration keeps every intermediate tensor of the model in memory: about {need / 2**30:.1f} GiB "
+            f"at this input size, but only {have / 2**30:.1f} GiB is available. Export int8 (dynamic range) or "
+            "fp16 instead, calibrate at a smaller --height/--width, or use a machine with more memory."
+        )
+
+
 def _union_min_max(qsv: dict, new: dict) -> dict:
     return {**qsv, "min": np.minimum(qsv["min"], new["min"]), "max": np.maximum(qsv["max"], new["max"])}
 
@@ -246,7 +267,9 @@ def _quantize(fp32_path: Path, out_path: Path, precision: str, signature: str, c
                 "w8a8 (full-integer static) quantization needs calibration inputs: a list of input dicts "
                 "gathered from a real pipeline run (the export command collects them from its prompt list)."
             )
-        details = _signature_runner(fp32_path, signature, threads=1).get_input_details()
+        runner = _signature_runner(fp32_path, signature, threads=1)
+        _check_calibration_memory(runner)
+        details = runner.get_input_details()
         feed = _calibration_feed(calibration, details)
         result = _calibrate(q, {signature: feed + _range_samples(feed, calibration_ranges or {})})
     # Serializing to a path lets the quantizer write buffers over 2 GiB as offset buffers
