@@ -27,8 +27,9 @@ def real_inputs(tiny_model):
     return traj, calib
 
 
-# int8-static differs from int8 only in the text encoder (int8 already runs static QDQ on U-Net and VAE).
-COMPONENTS_TESTED = {"int8-static": ["text_encoder"]}
+# int8-static differs from int8 in the text encoder and in the attention MatMuls (QK^T, AV), which
+# int8 keeps float; the U-Net stands for the VAE's attention too.
+COMPONENTS_TESTED = {"int8-static": ["text_encoder", "unet"]}
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -51,7 +52,25 @@ def test_every_component_exports_and_validates(precision, tiny_model, real_input
         failures += report.failures
         if precision == "fp16" and name == "unet":
             _check_fp16_keeps_overflow_prone_ops_in_fp32(converted)
+        if precision in ("int8", "int8-static") and name == "unet":
+            _check_matmul_quantization(converted, attention_quantized=precision == "int8-static")
     assert not failures, failures
+
+
+def _check_matmul_quantization(converted, attention_quantized: bool):
+    """int8 quantizes the projections (constant-weight MatMuls) but not attention's QK^T/AV."""
+    import onnx
+
+    graph = onnx.load(str(converted.path)).graph
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    weights = {i.name for i in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"
+                                                     and n.input[0] in {i.name for i in graph.initializer}}
+    matmuls = [n for n in graph.node if n.op_type == "MatMul"]
+    projections = [n for n in matmuls if n.input[1] in weights]
+    attention = [n for n in matmuls if n.input[1] not in weights]
+    assert projections and attention
+    assert all(n.input[0] in dequantized and n.input[1] in dequantized for n in projections)
+    assert all((n.input[0] in dequantized) == attention_quantized for n in attention), [n.name for n in attention]
 
 
 def _check_fp16_keeps_overflow_prone_ops_in_fp32(converted):

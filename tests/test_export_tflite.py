@@ -215,3 +215,42 @@ def test_w8a8_calibration_memory_is_checked(fp32_models, monkeypatch):
     runner = tflite._signature_runner(fp32_models["unet"].path)
     with pytest.raises(tflite.ExportError, match="every intermediate tensor"):
         tflite._check_calibration_memory(runner)
+
+
+def test_int8_of_a_conv_weight_over_32_mib(tmp_path):
+    """ai-edge-quantizer 0.10.0 fails on conv weights over 32 MiB (every 1280x1280x3x3 conv of the SD
+    U-Net: "input operand has more dimensions than allowed by the axis remapping"); the export slices
+    them along the output channels and must give the same per-channel int8 weights."""
+    import torch
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1280, 1280, 3, padding=1).eval()  # 59 MB of fp32 weights
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = conv
+
+        def forward(self, sample):
+            return (self.conv(sample),)
+
+    x = torch.randn(1, 1280, 4, 4)
+    converted = tflite.convert(Net(), {"sample": x}, ["out"], tmp_path / "conv", "int8")
+    out = tflite.load_runner(converted)({"sample": x.numpy()})["out"]
+    with torch.no_grad():
+        ref = conv(x).numpy()
+    psnr = 10 * np.log10(np.abs(ref).max() ** 2 / np.mean((out - ref) ** 2))
+    assert psnr > 35, psnr
+
+    # The sliced quantization equals per-channel symmetric int8 of the whole tensor.
+    from ai_edge_quantizer import qtyping
+    from ai_edge_quantizer.algorithms.uniform_quantize import uniform_quantize_tensor as uqt
+
+    w = conv.weight.detach().permute(0, 2, 3, 1).numpy()  # TFLite OHWI
+    scale = np.abs(w).reshape(1280, -1).max(axis=1) / 127
+    params = qtyping.UniformQuantParams(num_bits=8, quantized_dimension=0, scale=scale,
+                                        zero_point=np.zeros(1280, dtype=np.int32), symmetric=True)
+    with tflite._quantize_large_conv_weights():
+        q = uqt.uniform_quantize(w, params)
+    expected = np.clip(np.rint(w / scale[:, None, None, None]), -127, 127).astype(np.int8)
+    np.testing.assert_array_equal(q, expected)

@@ -59,7 +59,8 @@ def convert(
         precision: ``fp32``, ``fp16`` or ``int8*``; int8 needs ``options["quantization"]``.
         calibration: input dicts (numpy) for static quantization.
         options: ``dynamic_axes`` ({input: {axis: name}}), ``io_dtype`` ("fp32"|"fp16", fp16 only),
-            ``quantization`` ("dynamic"|"static"), ``op_types`` (ops to quantize),
+            ``quantization`` ("dynamic"|"static"), ``op_types`` (ops to quantize), ``matmuls``
+            ("all" | "projections": only MatMuls with a constant weight),
             ``external_data`` (None = automatic above 1.9 GB).
     """
     import onnx
@@ -192,6 +193,54 @@ class _Reader:
         raise NotImplementedError
 
 
+def _nodes_to_quantize(model, options: dict[str, Any]) -> list[str] | None:
+    """Node names to quantize, or None for every node of ``op_types``.
+
+    ``options["matmuls"] == "projections"`` keeps only the MatMuls whose second input is a
+    constant weight (the linear projections: to_q/k/v/out, feed-forward, proj_in/out) and
+    leaves the activation x activation MatMuls of attention (QK^T, AV over 4,096 tokens at
+    64x64) float, where Q/DQ over the attention probabilities costs more than int8 saves.
+    """
+    if options.get("matmuls", "all") == "all":
+        return None
+    if options["matmuls"] != "projections":
+        raise ExportError(f"options['matmuls'] must be 'all' or 'projections', got {options['matmuls']!r}")
+    op_types = set(options.get("op_types", ["Conv", "MatMul", "Gemm"]))
+    weights = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node
+            if n.op_type in op_types and (n.op_type != "MatMul" or n.input[1] in weights)]
+
+
+def _calibrate(src: Path, op_types: list[str], calibration, dtypes, cache: Path, work: Path) -> None:
+    """MinMax ranges of the inputs/outputs of ``op_types`` nodes, written to ``cache``.
+
+    ORT's own calibration session keeps its memory arena grown to the largest sum of live
+    tensors of the unoptimised graph (the U-Net's unfused 8x4096x4096 attention scores):
+    12.4 GB resident for the full-size BK-SDM-Tiny U-Net. Without the arena the same
+    calibration peaks at 8.5 GB, and running it before ``quantize_static`` loads the model
+    keeps the two peaks apart (quantizing from the cached ranges: 2.6 GB).
+    """
+    import onnxruntime as ort
+    from onnxruntime.quantization.calibrate import MinMaxCalibrater, save_tensors_data
+
+    class LowMemoryMinMax(MinMaxCalibrater):
+        def create_inference_session(self):
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # as ORT's own calibrator
+            so.enable_cpu_mem_arena = False
+            so.log_severity_level = 3
+            self.infer_session = ort.InferenceSession(self.augmented_model_path, so,
+                                                      providers=self.execution_providers)
+
+    calibrator = LowMemoryMinMax(str(src), op_types, str(work / "augmented.onnx"),
+                                 use_external_data_format=_is_large(src))
+    calibrator.augment_graph()
+    calibrator.create_inference_session()
+    calibrator.collect_data(_Reader(calibration, dtypes))
+    save_tensors_data(calibrator.compute_data(), cache)
+    del calibrator
+
+
 def _quantize_static(src: Path, dst: Path, calibration, options: dict[str, Any]) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -199,21 +248,28 @@ def _quantize_static(src: Path, dst: Path, calibration, options: dict[str, Any])
     model = onnx.load(str(src), load_external_data=False)
     inputs, _ = graph_io(model)
     dtypes = {i.name: np.dtype(i.dtype) for i in inputs}
-    quantize_static(
-        str(src), str(dst),
-        _Reader(calibration, dtypes),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=options.get("op_types", ["Conv", "MatMul", "Gemm"]),
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-        use_external_data_format=_is_large(src),
-        # Symmetric int8 weights, asymmetric uint8 activations: what ORT's x86 QDQ fusions (QLinearConv) expect.
-        # MinMax's augmented model outputs per-tensor ReduceMin/ReduceMax scalars, so memory stays small
-        # without CalibMaxIntermediateOutputs (which, in ORT 1.32, drops the data it should merge).
-        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
-    )
+    op_types = options.get("op_types", ["Conv", "MatMul", "Gemm"])
+    nodes = _nodes_to_quantize(model, options)
+    del model
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".calib-") as work:
+        cache = Path(work) / "ranges.json"
+        _calibrate(src, op_types, calibration, dtypes, cache, Path(work))
+        quantize_static(
+            str(src), str(dst),
+            None,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=op_types,
+            nodes_to_quantize=nodes,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            calibration_cache_path=str(cache),
+            use_external_data_format=_is_large(src),
+            # Symmetric int8 weights, asymmetric uint8 activations: what ORT's x86 QDQ fusions
+            # (QLinearConv, QLinearMatMul) expect.
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+        )
 
 
 def _is_large(path: Path) -> bool:
@@ -323,12 +379,12 @@ class OnnxInt8Static(_OnnxTarget):
 @register_target
 class OnnxInt8(_OnnxTarget):
     PRECISION = "int8"
-    DESCRIPTION = ("recommended int8: static QDQ (calibrated, per-channel) on the convolutions of the U-Net and VAE, "
-                   "MatMuls (attention, linear projections) kept float; dynamic int8 for the text encoder. Measured "
-                   "on the full-size BK-SDM-Tiny U-Net step at 512 px (benchmarks/results/cpu-full): 1.44x faster "
-                   "than ORT fp32, while QDQ on every MatMul is 2.4x SLOWER (Q/DQ over the 4,096-token attention "
-                   "probabilities)")
+    DESCRIPTION = ("recommended int8: static QDQ (calibrated, per-channel int8 weights, uint8 activations) on the "
+                   "convolutions and linear projections (MatMuls with a constant weight) of the U-Net and VAE; "
+                   "attention's QK^T/AV MatMuls kept float; dynamic int8 for the text encoder. Full-size "
+                   "BK-SDM-Tiny U-Net step at 512 px, 2 threads (benchmarks/results/target): see the report there; "
+                   "QDQ on every MatMul is 2.4x SLOWER than fp32 (Q/DQ over the 4,096-token attention probabilities)")
     TOLERANCES = INT8_TOLERANCES
     NEEDS_CALIBRATION = ("unet", "vae_decoder", "vae_encoder")
-    OPTIONS = {"default": {"quantization": "static", "op_types": ["Conv", "Gemm"]},
+    OPTIONS = {"default": {"quantization": "static", "op_types": ["Conv", "Gemm", "MatMul"], "matmuls": "projections"},
                "text_encoder": {"quantization": "dynamic"}}

@@ -26,6 +26,8 @@ signature reads ``sample, timestep, encoder_hidden_states -> out_sample``, not
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import gc
 import os
 import tempfile
@@ -255,6 +257,48 @@ def _range_samples(feed: list[dict], ranges: Mapping[str, tuple[float, float]]) 
     return extra
 
 
+# ai-edge-quantizer 0.10.0 quantizes a weight over 32 MiB in chunks after flattening it to
+# [-1, last dim], which only broadcasts when the scales run along the last dimension. A conv
+# weight (OHWI, per-output-channel scales on dim 0) over 32 MiB -- every 1280x1280x3x3 conv of the
+# SD U-Net -- then fails with "input operand has more dimensions than allowed by the axis
+# remapping". Slicing such a tensor along its leading dimension gives pieces that take the
+# library's own unchunked path; per-channel scales on dim 0 (or one per-tensor scale) make the
+# pieces independent, so the result is identical to quantizing the whole tensor.
+_QUANTIZER_CHUNK_BYTES = 32 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def _quantize_large_conv_weights():
+    from ai_edge_quantizer.algorithms.uniform_quantize import uniform_quantize_tensor as uqt
+
+    original = uqt.uniform_quantize
+
+    def sliced(tensor_data, quantization_params, is_blockwise_quant=False):
+        if (is_blockwise_quant or tensor_data.ndim <= 2 or tensor_data.nbytes <= _QUANTIZER_CHUNK_BYTES):
+            return original(tensor_data, quantization_params, is_blockwise_quant)
+        params = uqt.fix_quantization_params_rank(tensor_data, quantization_params)
+        scale, zero_point = np.asarray(params.scale), np.asarray(params.zero_point)
+        if any(n != 1 for n in scale.shape[1:]) or any(n != 1 for n in zero_point.shape[1:]):
+            return original(tensor_data, quantization_params, is_blockwise_quant)  # not along dim 0
+        rows = max(1, _QUANTIZER_CHUNK_BYTES // (tensor_data[0].nbytes or 1))
+        pieces = []
+        for start in range(0, tensor_data.shape[0], rows):
+            stop = start + rows
+            piece = dataclasses.replace(
+                params,
+                scale=scale[start:stop] if scale.shape[0] > 1 else scale,
+                zero_point=zero_point[start:stop] if zero_point.shape[0] > 1 else zero_point,
+            )
+            pieces.append(original(tensor_data[start:stop], piece, False))
+        return np.concatenate(pieces, axis=0)
+
+    uqt.uniform_quantize = sliced
+    try:
+        yield
+    finally:
+        uqt.uniform_quantize = original
+
+
 def _quantize(fp32_path: Path, out_path: Path, precision: str, signature: str, calibration,
               calibration_ranges=None) -> None:
     from ai_edge_quantizer import quantizer
@@ -274,7 +318,8 @@ def _quantize(fp32_path: Path, out_path: Path, precision: str, signature: str, c
         result = _calibrate(q, {signature: feed + _range_samples(feed, calibration_ranges or {})})
     # Serializing to a path lets the quantizer write buffers over 2 GiB as offset buffers
     # and skip a second in-memory copy of the model.
-    q.quantize(result, serialize_to_path=str(out_path), enable_progress_report=False)
+    with _quantize_large_conv_weights():
+        q.quantize(result, serialize_to_path=str(out_path), enable_progress_report=False)
     del q, result
     gc.collect()
 
