@@ -136,3 +136,41 @@ def test_resume_and_finalize_keep_rows_and_record_missing(tmp_path, plugin_path)
     assert kept["times_s"] == first["times_s"] and kept["error"] is None
     assert missing["model"] == "bk-tiny" and missing["error"].startswith("not measured")
     assert (out / "latency_text_encoder.png").exists()
+
+
+def test_generate_and_exported_bundle_as_model(tmp_path, tiny_model):
+    """Full text-to-image (N steps) on PyTorch and ONNX Runtime, and a user's exported bundle measured as it is."""
+    from bksdm_edge.export.pipeline import export_bundle
+
+    bundle = export_bundle("builtin:tiny-sd", out=tmp_path / "bundle", format="onnx", precision="fp32",
+                           model=tiny_model, height=64, width=64, progress=False)
+    raw = {
+        "name": "gen", "source": "builtin:tiny-sd",
+        "defaults": {"resolution": 64, "threads": 1, "repeats": 2, "warmup": 1, "timeout_s": 600, "steps": 3},
+        "matrix": [
+            {"model": ["teacher", "bk-tiny"], "component": "generate", "backend": ["pytorch", "onnxruntime"],
+             "batch": 2},
+            {"model": str(bundle), "component": ["unet", "generate"], "backend": "onnxruntime", "batch": 1},
+            {"model": str(bundle), "component": "unet", "backend": "onnxruntime", "precision": "int8", "batch": 1},
+            {"model": str(bundle), "component": "unet", "backend": "pytorch", "batch": 1},
+        ],
+    }
+    doc, _ = _rows(tmp_path, raw)
+    rows = {(Path(r["model"]).name, r["component"], r["backend"], r["precision"], r["batch"]): r for r in doc["rows"]}
+    for key in [("teacher", "generate", b, "fp32", 2) for b in ("pytorch", "onnxruntime")] + \
+               [("bk-tiny", "generate", b, "fp32", 2) for b in ("pytorch", "onnxruntime")] + \
+               [("bundle", c, "onnxruntime", "fp32", 1) for c in ("unet", "generate")]:
+        r = rows[key]
+        assert r["error"] is None, (key, r["error"])
+        assert r["median_s"] > 0 and r["peak_rss_mb"] > 0 and r["size_mb"] > 0
+    gen = rows[("teacher", "generate", "onnxruntime", "fp32", 2)]
+    assert gen["steps"] == 3 and gen["macs_g"] > 0
+    student = rows[("bk-tiny", "generate", "onnxruntime", "fp32", 2)]
+    assert student["speedup_vs_teacher"] == pytest.approx(gen["median_s"] / student["median_s"])
+    assert 0 < student["macs_ratio_vs_teacher"] < 1
+    # One image of 3 steps costs more than one U-Net call of the same bundle.
+    assert rows[("bundle", "generate", "onnxruntime", "fp32", 1)]["median_s"] > \
+        rows[("bundle", "unet", "onnxruntime", "fp32", 1)]["median_s"]
+    assert "set precision: fp32" in rows[("bundle", "unet", "onnxruntime", "int8", 1)]["error"]
+    assert "runs on its format's backend" in rows[("bundle", "unet", "pytorch", "fp32", 1)]["error"]
+    assert "| 3 |" in (tmp_path / "run" / "report.md").read_text()

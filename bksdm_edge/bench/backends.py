@@ -83,6 +83,29 @@ class Backend:
     def load(self, s: Scenario, artifact_dir: Path, meta: dict) -> Loaded:
         raise NotImplementedError
 
+    def prepare_pipeline(self, s: Scenario, out_dir: Path) -> dict:
+        """Write a whole text-to-image pipeline for ``generate`` into ``out_dir`` (same return as ``prepare``)."""
+        raise BackendUnavailable(f"{self.NAME} has no text-to-image pipeline")
+
+    def load_pipeline(self, s: Scenario, artifact_dir: Path, meta: dict) -> Loaded:
+        """The pipeline as a Loaded whose ``run`` generates one image of ``s.steps`` steps."""
+        raise BackendUnavailable(f"{self.NAME} has no text-to-image pipeline")
+
+
+# ``generate`` scenarios: one fixed prompt and seed; batch 2 = classifier-free guidance.
+BENCH_PROMPT = "a photograph of an astronaut riding a horse"
+GUIDANCE_BY_BATCH = {1: 1.0, 2: 7.5}
+
+
+def guidance_of(s: Scenario) -> float:
+    if s.batch not in GUIDANCE_BY_BATCH:
+        raise BackendUnavailable(f"generate runs batch 1 (no guidance) or 2 (classifier-free guidance), not {s.batch}")
+    return GUIDANCE_BY_BATCH[s.batch]
+
+
+def _files_under(root: Path, base: Path) -> list[str]:
+    return sorted(str(f.relative_to(base)) for f in root.rglob("*") if f.is_file())
+
 
 _BACKENDS: dict[str, Backend] = {}
 
@@ -131,6 +154,11 @@ class TorchBackend(Backend):
             raise BackendUnavailable("PyTorch eager does not run on android devices; use litert or onnxruntime")
         if s.precision == "fp16" and not s.device.startswith("cuda"):
             raise BackendUnavailable("PyTorch fp16 is for CUDA; on CPU use bf16")
+        if s.is_bundle:
+            raise BackendUnavailable("an exported bundle runs on its format's backend (onnxruntime, litert, coreml), "
+                                     "not PyTorch")
+        if s.component == "generate":
+            guidance_of(s)
 
     def prepare(self, s, module, example_inputs, output_names, out_dir):
         import torch
@@ -160,6 +188,33 @@ class TorchBackend(Backend):
         return Loaded(run=run, feed=feed, sync=torch.cuda.synchronize if cuda else (lambda: None),
                       info={"torch_threads": torch.get_num_threads()})
 
+    def prepare_pipeline(self, s, out_dir):
+        model = load_scenario_model(s, ("unet", "vae", "text_encoder", "tokenizer", "scheduler"))
+        model.to_pipeline().save_pretrained(out_dir / "pipeline", safe_serialization=True)
+        return {"files": _files_under(out_dir / "pipeline", out_dir), "main": "pipeline",
+                "extra": {"pipeline": "diffusers StableDiffusionPipeline"}}
+
+    def load_pipeline(self, s, artifact_dir, meta):
+        import torch
+        from diffusers import StableDiffusionPipeline
+
+        torch.set_num_threads(s.threads)
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[s.precision]
+        pipe = StableDiffusionPipeline.from_pretrained(artifact_dir / meta["main"], torch_dtype=dtype,
+                                                       local_files_only=True).to(s.device)
+        pipe.set_progress_bar_config(disable=True)
+        guidance = guidance_of(s)
+
+        @torch.inference_mode()
+        def run(_):
+            return pipe(BENCH_PROMPT, height=s.resolution, width=s.resolution, num_inference_steps=s.steps,
+                        guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(0),
+                        output_type="np").images
+
+        cuda = s.device.startswith("cuda")
+        return Loaded(run=run, sync=torch.cuda.synchronize if cuda else (lambda: None),
+                      info={"torch_threads": torch.get_num_threads(), "guidance": guidance, "steps": s.steps})
+
 
 # ---------------------------------------------------------------------------------------------
 # Export formats, through the export registry
@@ -181,13 +236,29 @@ class ExportBackend(Backend):
     def check(self, s: Scenario) -> None:
         from ..export import registry
 
+        if s.is_bundle:
+            manifest = _manifest(s)
+            if manifest["format"] != self.FORMAT:
+                raise BackendUnavailable(f"{s.model} is a {manifest['format']} bundle; {self.NAME} runs {self.FORMAT}")
+            if manifest["precision"] != s.precision:
+                raise BackendUnavailable(f"{s.model} holds {manifest['precision']} models; set precision: "
+                                         f"{manifest['precision']} for this scenario")
+            if s.component != "generate" and s.component not in manifest["components"]:
+                raise BackendUnavailable(f"{s.model} has no {s.component} (it has "
+                                         f"{', '.join(manifest['components'])})")
+            if s.options.get("export"):
+                raise BackendUnavailable("a bundle is run as exported; export options do not apply")
+        if s.component == "generate":
+            guidance_of(s)
+            if s.options.get("export"):
+                raise BackendUnavailable("export options apply to single components, not to generate")
         try:
             registry.get_target(self.FORMAT, s.precision)
         except Exception as err:  # ExportError: not written yet / missing package / no such precision
             raise BackendUnavailable(f"not exportable yet: {err}") from None
         super().check(s)
         target = registry.get_target(self.FORMAT, s.precision)
-        if s.component not in target.COMPONENTS:
+        if s.component != "generate" and s.component not in target.COMPONENTS:
             raise BackendUnavailable(f"{target.name()} cannot export {s.component}")
         if not s.device.startswith("android"):
             why = target.runtime_unavailable()
@@ -225,6 +296,38 @@ class ExportBackend(Backend):
         runner = load_runner(artifact_dir / meta["main"], **kwargs)
         return Loaded(run=runner)
 
+    def prepare_pipeline(self, s, out_dir):
+        from ..export.pipeline import export_bundle
+
+        model = load_scenario_model(s, ("unet", "vae", "text_encoder", "tokenizer", "scheduler"))
+        bundle = export_bundle(s.source, out=out_dir / "bundle", format=self.FORMAT, precision=s.precision,
+                               model=model, height=s.resolution, width=s.resolution, batch=s.batch,
+                               overwrite=True, progress=False)
+        return {"files": _files_under(bundle, out_dir), "main": "bundle", "extra": {"bundle": str(bundle)}}
+
+    def load_pipeline(self, s, artifact_dir, meta):
+        from ..generate import BundlePipeline
+
+        pipe = BundlePipeline(artifact_dir / meta["main"], threads=s.threads)
+        guidance = guidance_of(s)
+
+        def run(_):
+            return pipe(BENCH_PROMPT, steps=s.steps, guidance=guidance, seed=0)[0]
+
+        return Loaded(run=run, info={"guidance": guidance, "steps": s.steps})
+
+    def prepare_bundle(self, s, out_dir):
+        """A user's bundle is measured as it is: the artifact points into it, nothing is exported."""
+        root = Path(s.model).resolve()
+        manifest = _manifest(s)
+        if s.component == "generate":
+            files = sorted(str(f) for f in root.rglob("*") if f.is_file())
+            return {"files": files, "main": str(root), "extra": {"bundle": str(root)}}, {}
+        entry = manifest["components"][s.component]
+        return ({"files": [str(root / entry["file"])], "main": str(root / entry["file"]),
+                 "extra": {"bundle": str(root), "precision": manifest["precision"]}},
+                bundle_inputs(entry["inputs"]))
+
 
 @register_backend
 class OnnxRuntimeBackend(ExportBackend):
@@ -255,10 +358,50 @@ def artifact_dir(cache: Path, s: Scenario, backend: Backend) -> Path:
     """Where the artifact of ``s`` lives: shared by scenarios that differ only in threads/repeats/device."""
     source = s.source.replace(":", "_").replace("/", "_")
     model = s.model if s.model == TEACHER or "/" not in s.model else "folder_" + Path(s.model).name
+    if s.is_bundle:
+        model = "bundle_" + Path(s.model).resolve().name
     variant = f"+{s.variant}" if s.variant and s.options.get("export") else ""
+    # A pipeline does not depend on the step count (it is a run-time argument).
     return (cache / source / model / s.component
             / f"{backend.artifact_format()}-{backend.artifact_precision(s.precision)}{variant}"
             / f"{s.resolution}px-b{s.batch}")
+
+
+def _manifest(s: Scenario) -> dict:
+    from .scenario import BUNDLE_MANIFEST
+
+    return json.loads((Path(s.model) / BUNDLE_MANIFEST).read_text())
+
+
+def bundle_inputs(infos: list[dict], seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded feeds in a bundle component's own shapes and dtypes (latency does not depend on the values)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for info in infos:
+        dtype = np.dtype(info["dtype"])
+        shape = tuple(info["shape"])
+        if np.issubdtype(dtype, np.integer):
+            high = 49407 if "ids" in info["name"] else int(np.iinfo(dtype).max)
+            low = 0 if "ids" in info["name"] else int(np.iinfo(dtype).min)
+            feeds[info["name"]] = rng.integers(low, high, size=shape, endpoint=True).astype(dtype)
+        elif "timestep" in info["name"]:
+            feeds[info["name"]] = np.full(shape, 500, dtype=dtype)
+        else:
+            feeds[info["name"]] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+def load_scenario_model(s: Scenario, parts: tuple[str, ...]):
+    """The scenario's SD model: the source pipeline with its U-Net replaced by the student (variant or folder)."""
+    from ..loading import load_model
+
+    folder = None if s.model == TEACHER or not Path(s.model).exists() else s.model
+    model = load_model(s.source, unet=folder, components=parts)
+    if s.model != TEACHER and folder is None and "unet" in parts:
+        from ..student import build_student
+
+        model.unet, _ = build_student(model.unet, s.model)
+    return model
 
 
 def read_meta(path: Path) -> dict | None:
@@ -269,17 +412,11 @@ def read_meta(path: Path) -> dict | None:
 def build_module(s: Scenario):
     """The scenario's component wrapper (fp32, CPU) and its seeded example inputs (torch)."""
     from ..export.components import COMPONENTS, ShapeConfig
-    from ..loading import load_model
 
     spec = COMPONENTS[s.component]
     parts = {"unet": ("unet", "vae"), "text_encoder": ("text_encoder",),
              "vae": ("vae",)}[spec.needs]
-    folder = None if s.model == TEACHER or not Path(s.model).exists() else s.model
-    model = load_model(s.source, unet=folder, components=parts)
-    if s.model != TEACHER and folder is None and spec.needs == "unet":
-        from ..student import build_student
-
-        model.unet, _ = build_student(model.unet, s.model)
+    model = load_scenario_model(s, parts)
     shape = ShapeConfig(height=s.resolution, width=s.resolution, batch=s.batch)
     module = spec.module(model)
     inputs = spec.example_inputs(model, shape, seed=0)
@@ -294,6 +431,17 @@ def prepare_artifact(s: Scenario, cache: Path) -> dict:
     out = artifact_dir(cache, s, backend)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    if s.is_bundle or s.component == "generate":
+        if s.is_bundle:
+            info, inputs = backend.prepare_bundle(s, out)
+        else:
+            info, inputs = backend.prepare_pipeline(s, out), {}
+        info["export_s"] = time.perf_counter() - t0
+        info["build_s"] = 0.0
+        np.savez(out / INPUTS_FILE, **inputs)
+        info["size_bytes"] = sum((out / f).stat().st_size for f in info["files"])
+        (out / ARTIFACT_META).write_text(json.dumps(info, indent=2, default=str))
+        return info
     if backend.NEEDS_MODULE:
         module, inputs, output_names, calibration = build_module(s)
     else:

@@ -9,7 +9,7 @@ from typing import Any
 
 # The CSV schema (documented in benchmarks/README.md); JSON rows carry these plus raw times.
 CSV_COLUMNS = (
-    "model", "component", "backend", "precision", "variant", "batch", "resolution", "threads", "device",
+    "model", "component", "backend", "precision", "variant", "batch", "resolution", "threads", "device", "steps",
     "median_s", "p90_s", "min_s", "mean_s", "cold_s", "first_run_s", "load_s", "repeats", "warmup",
     "peak_rss_mb", "baseline_rss_mb", "peak_gpu_mb", "size_mb", "export_s", "export_peak_rss_mb", "macs_g",
     "speedup_vs_teacher", "mem_ratio_vs_teacher", "size_ratio_vs_teacher", "macs_ratio_vs_teacher",
@@ -38,7 +38,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
 def markdown_table(rows: list[dict]) -> str:
     cols = [("model", "model"), ("component", "component"), ("backend", "backend"), ("precision", "prec"),
             ("variant", "variant"),
-            ("resolution", "px"), ("batch", "batch"), ("threads", "thr"), ("device", "device"),
+            ("resolution", "px"), ("batch", "batch"), ("threads", "thr"), ("device", "device"), ("steps", "steps"),
             ("median_s", "median s"), ("p90_s", "p90 s"), ("min_s", "min s"), ("cold_s", "cold s"),
             ("load_s", "load s"), ("peak_rss_mb", "peak RSS MB"), ("size_mb", "size MB"),
             ("speedup_vs_teacher", "speed-up"), ("speedup_vs_teacher_pytorch_fp32", "vs SD eager"),
@@ -115,8 +115,9 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
             ax.set_xticklabels(groups, rotation=20, ha="right", fontsize=8)
             ax.set_ylabel(label)
             r0 = sub[0]
-            ax.set_title(f"{component}, {r0['resolution']} px, batch {r0['batch']} (teacher hatched = reference)",
-                         fontsize=10)
+            steps = f", {r0['steps']} steps" if component == "generate" else ""
+            ax.set_title(f"{component}{steps}, {r0['resolution']} px, batch {r0['batch']} "
+                         "(teacher hatched = reference)", fontsize=10)
             ax.legend(fontsize=8)
             fig.tight_layout()
             path = out_dir / f"{fname}_{component}.png"

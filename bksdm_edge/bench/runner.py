@@ -103,6 +103,7 @@ def base_row(s: Scenario) -> dict[str, Any]:
         "model": s.model, "component": s.component, "backend": s.backend, "precision": s.precision,
         "variant": getattr(s, "variant", "") or "",
         "batch": s.batch, "resolution": s.resolution, "threads": s.threads, "device": s.device,
+        "steps": s.steps if s.component == "generate" else None,
         "repeats": s.repeats, "warmup": s.warmup, "source": s.source,
         "median_s": None, "p90_s": None, "min_s": None, "mean_s": None, "cold_s": None, "first_run_s": None,
         "load_s": None, "peak_rss_mb": None, "peak_gpu_mb": None, "baseline_rss_mb": None, "size_mb": None,
@@ -177,7 +178,7 @@ def add_ratios(rows: list[dict[str, Any]], macs: dict[tuple, int] | None = None)
     def key(r, **over):
         d = {**r, **over}
         return (d["source"], d["component"], d["backend"], d["precision"], d["resolution"], d["batch"],
-                d["threads"], d["device"])
+                d["threads"], d["device"], d.get("steps"))
 
     teachers = {key(r): r for r in rows if r["model"] == "teacher" and not r["error"] and not r.get("variant")}
     for r in rows:
@@ -193,12 +194,29 @@ def add_ratios(rows: list[dict[str, Any]], macs: dict[tuple, int] | None = None)
         if ref is not None and not r["error"] and r["median_s"]:
             r["speedup_vs_teacher_pytorch_fp32"] = ref["median_s"] / r["median_s"]
         if macs:
-            mine = macs.get((r["source"], r["model"], r["component"], r["resolution"]))
-            teacher = macs.get((r["source"], "teacher", r["component"], r["resolution"]))
+            mine, teacher = (_row_macs(macs, r, model) for model in (r["model"], "teacher"))
             if mine:
-                r["macs_g"] = mine * r["batch"] / 1e9
+                r["macs_g"] = mine / 1e9
             if mine and teacher:
                 r["macs_ratio_vs_teacher"] = mine / teacher
+
+
+def _row_macs(macs: dict[tuple, int], r: dict[str, Any], model: str) -> int | None:
+    """Paper-convention MACs of one call of the row's component at its batch.
+
+    ``generate``: the text encoder and ``steps`` U-Net calls at the row's batch (2 = CFG), one VAE decode.
+    """
+    def one(component):
+        return macs.get((r["source"], model, component, r["resolution"]))
+
+    if r["component"] != "generate":
+        m = one(r["component"])
+        return m * r["batch"] if m else None
+    parts = one("text_encoder"), one("unet"), one("vae_decoder")
+    if not all(parts):
+        return None
+    te, unet, dec = parts
+    return (te + unet * (r.get("steps") or 0)) * r["batch"] + dec
 
 
 def paper_macs(scenarios: list[Scenario], log: Callable[[str], None] = print) -> dict[tuple, int]:
@@ -208,7 +226,10 @@ def paper_macs(scenarios: list[Scenario], log: Callable[[str], None] = print) ->
     out: dict[tuple, int] = {}
     groups: dict[tuple, set] = {}
     for s in scenarios:
-        groups.setdefault((s.source, s.resolution), set()).add((s.model, s.component))
+        if s.is_bundle:
+            continue  # an exported bundle has no PyTorch model to profile
+        for c in (("text_encoder", "unet", "vae_decoder") if s.component == "generate" else (s.component,)):
+            groups.setdefault((s.source, s.resolution), set()).add((s.model, c))
     for (source, res), pairs in groups.items():
         components = sorted({c for _, c in pairs})
         variants = sorted({m for m, c in pairs if m != "teacher" and not Path(m).exists() and c == "unet"})
@@ -234,9 +255,11 @@ STOPPED = "not measured: the run was stopped before this scenario"
 
 def _row_key(r) -> tuple:
     get = (lambda k: r[k]) if isinstance(r, dict) else (lambda k: getattr(r, k))
-    return tuple(get(k) for k in ("source", "model", "component", "backend", "precision", "resolution", "batch",
-                                  "threads", "device")) + ((get("variant") or "") if not isinstance(r, dict)
-                                                           else (r.get("variant") or ""),)
+    key = tuple(get(k) for k in ("source", "model", "component", "backend", "precision", "resolution", "batch",
+                                 "threads", "device"))
+    if isinstance(r, dict):
+        return key + (r.get("variant") or "", r.get("steps"))
+    return key + (r.variant or "", r.steps if r.component == "generate" else None)
 
 
 def run_benchmark(config: BenchConfig, out_dir: str | Path, *, cache: str | Path | None = None,

@@ -25,7 +25,11 @@ from typing import Any
 from ..errors import BksdmError
 
 TEACHER = "teacher"
-COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+# One call of a component, or ``generate``: a whole text-to-image run (text encoder, ``steps``
+# U-Net calls, VAE decoder) through the backend's pipeline (diffusers for PyTorch, the
+# torch-free bundle pipeline for exported formats).
+COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder", "generate")
+BUNDLE_MANIFEST = "manifest.json"
 
 
 class ConfigError(BksdmError, ValueError):
@@ -37,8 +41,11 @@ class Scenario:
     """One measurement: a model component on one backend, precision, shape, thread count and device.
 
     ``model`` is ``teacher`` (the ``source`` pipeline's own U-Net), a BK-SDM variant name built
-    from it (``bk-base``, ``bk-small``, ``bk-tiny``), or a student U-Net folder.
+    from it (``bk-base``, ``bk-small``, ``bk-tiny``), a student U-Net folder, or an exported bundle
+    folder (``bksdm-edge export``; run as it is on its format's backend, at its own precision and shapes).
     ``device`` is ``cpu``, ``cuda[:N]`` or ``android:SERIAL``.
+    ``batch`` 2 is classifier-free guidance (for ``generate``: guidance 7.5; batch 1 runs without CFG).
+    ``steps`` is the number of denoising steps of ``generate`` (ignored by the other components).
     """
 
     model: str
@@ -53,6 +60,7 @@ class Scenario:
     warmup: int = 1
     source: str = "builtin:mini-sd"
     timeout_s: float = 1800.0
+    steps: int = 25
     calibration_samples: int = 3  # seeded inputs for static int8 (speed benchmark; accuracy is checked elsewhere)
     # Backend-specific extras: ``export`` (exporter options) and ``runner`` (load_runner keywords).
     # Scenarios that set options must name them with ``variant`` (it keys the artifact cache and the report).
@@ -64,6 +72,8 @@ class Scenario:
             raise ConfigError(f"unknown component {self.component!r}; choose from {', '.join(COMPONENTS)}")
         if self.options.get("export") and not self.variant:
             raise ConfigError("a scenario with export options needs a 'variant' name (e.g. variant: conv-only)")
+        if self.steps < 1:
+            raise ConfigError(f"steps must be >= 1 (got {self.steps})")
         if self.repeats < 1 or self.warmup < 0:
             raise ConfigError(f"repeats must be >= 1 and warmup >= 0 (got {self.repeats}, {self.warmup})")
 
@@ -72,9 +82,15 @@ class Scenario:
         return self.model == TEACHER
 
     @property
+    def is_bundle(self) -> bool:
+        """``model`` is an exported bundle folder (has a manifest)."""
+        return self.model != TEACHER and (Path(self.model) / BUNDLE_MANIFEST).is_file()
+
+    @property
     def label(self) -> str:
-        return (f"{self.model}/{self.component}/{self.backend}-{self.precision}{'+' + self.variant if self.variant else ''}"
-                f"/{self.resolution}px"
+        steps = f"/{self.steps}steps" if self.component == "generate" else ""
+        return (f"{self.model}/{self.component}{steps}/{self.backend}-{self.precision}"
+                f"{'+' + self.variant if self.variant else ''}/{self.resolution}px"
                 f"/b{self.batch}/t{self.threads}/{self.device}")
 
     def teacher_scenario(self) -> "Scenario":

@@ -7,6 +7,7 @@ an out-of-memory kill costs one row, not the run.
 Measurement protocol (one process, nothing else loaded before):
 1. import the back-end's runtime, note the baseline RSS;
 2. load the artifact (``load_s``); convert the inputs once;
+   (``generate``: the whole text-to-image pipeline; one run = one image of ``steps`` steps)
 3. first run = cold run (``first_run_s``; ``cold_s = load_s + first_run_s``);
 4. ``warmup`` further untimed runs (their times are kept apart in ``warmup_s``);
 5. ``repeats`` timed runs, each ended by a device synchronisation on CUDA.
@@ -71,7 +72,7 @@ def measure(s, cache: Path) -> dict:
         torch.cuda.reset_peak_memory_stats()
 
     t0 = time.perf_counter()
-    loaded = backend.load(s, adir, meta)
+    loaded = (backend.load_pipeline if s.component == "generate" else backend.load)(s, adir, meta)
     loaded.sync()
     load_s = time.perf_counter() - t0
     rss_loaded = _rss_mb()
