@@ -203,25 +203,6 @@ def _numpy(x):
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
-def _check_calibration_memory(runner) -> None:
-    """Refuse w8a8 calibration that cannot fit: it keeps EVERY intermediate tensor of a run in memory.
-
-    That is activation-bound, not weight-bound: the BK-SDM-Tiny U-Net at 512 px was OOM-killed at
-    23 GB during calibration while its weight-based estimate said 9 GiB.
-    """
-    interpreter = runner._interpreter if hasattr(runner, "_interpreter") else None
-    if interpreter is None:
-        return
-    total = sum(int(np.prod(d["shape"])) * np.dtype(d["dtype"]).itemsize for d in interpreter.get_tensor_details())
-    need, have = int(1.5 * total), available_memory()
-    if need > have:
-        raise ExportError(
-            f"w8a8 calibration keeps every intermediate tensor of the model in memory: about {need / 2**30:.1f} GiB "
-            f"at this input size, but only {have / 2**30:.1f} GiB is available. Export int8 (dynamic range) or "
-            "fp16 instead, calibrate at a smaller --height/--width, or use a machine with more memory."
-        )
-
-
 def _union_min_max(qsv: dict, new: dict) -> dict:
     return {**qsv, "min": np.minimum(qsv["min"], new["min"]), "max": np.maximum(qsv["max"], new["max"])}
 
@@ -233,10 +214,15 @@ def _calibrate(q, feed: dict[str, list[dict]]) -> dict:
     dominates: a trajectory starting at timestep 1 left the U-Net's timestep input a range of
     0..119 (every later timestep clipped). The union of per-sample min/max is what a static
     int8 model needs: every value seen in a real run must be representable.
+
+    The profiler-based calibrator tracks min/max inside the interpreter as it runs; the default
+    one keeps every intermediate tensor of the run alive for Python to read, which OOM-killed the
+    full-size BK-SDM-Tiny U-Net at 512 px at 23 GB.
     """
     from ai_edge_quantizer import calibrator
 
     calib = calibrator.Calibrator(q._float_model_buffer, num_threads=os.cpu_count() or 1,
+                                  mode=calibrator.CalibrationMode.CALIBRATION_PROFILER_BASED,
                                   qsv_update_func=_union_min_max)
     calib.calibrate(feed, q._recipe_manager)
     return calib.get_model_qsvs()
@@ -312,8 +298,8 @@ def _quantize(fp32_path: Path, out_path: Path, precision: str, signature: str, c
                 "gathered from a real pipeline run (the export command collects them from its prompt list)."
             )
         runner = _signature_runner(fp32_path, signature, threads=1)
-        _check_calibration_memory(runner)
         details = runner.get_input_details()
+        del runner
         feed = _calibration_feed(calibration, details)
         result = _calibrate(q, {signature: feed + _range_samples(feed, calibration_ranges or {})})
     # Serializing to a path lets the quantizer write buffers over 2 GiB as offset buffers
