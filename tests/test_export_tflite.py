@@ -171,10 +171,14 @@ def test_memory_check_refuses_early_with_numbers(tiny_model, tmp_path):
 
 def test_memory_estimate_scales_with_parameters():
     sd_unet = 859_520_964
-    full = tflite.estimate_conversion_memory(sd_unet, "fp16")
-    # The full SD-v1.4 U-Net peaked near 19 GB converting to fp16 here; the estimate must not be below it.
-    assert full >= 19e9
-    assert tflite.estimate_conversion_memory(323_384_964, "fp16") < 24 * 2**30 * 0.5
+    # Measured here (benchmarks/results/tflite_conversion): memory added by the conversion on top of
+    # the built module; the estimate must stay above each with a margin.
+    measured_gib = {(sd_unet, "fp16"): 7.03, (482_346_884, "fp16"): 3.9, (323_384_964, "fp16"): 3.11,
+                    (323_384_964, "w8a8"): 4.86, (482_346_884, "w8a8"): 6.65}
+    for (params, precision), gib in measured_gib.items():
+        assert tflite.estimate_conversion_memory(params, precision) >= 1.3 * gib * 2**30, (params, precision)
+    # ... and not so far above that the teacher is refused on this 24 GB machine with the model built.
+    assert tflite.estimate_conversion_memory(sd_unet, "fp16") < 16 * 2**30
 
 
 def test_fp32_bundle_manifest_and_generation_match_onnx(tiny_model, fp32_bundle, tmp_path):
@@ -246,3 +250,25 @@ def test_int8_of_a_conv_weight_over_32_mib(tmp_path):
         q = uqt.uniform_quantize(w, params)
     expected = np.clip(np.rint(w / scale[:, None, None, None]), -127, 127).astype(np.int8)
     np.testing.assert_array_equal(q, expected)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize("precision", ["fp16", "int8", "w8a8"])
+def test_full_size_bk_tiny_unet(precision, tmp_path):
+    """The SD-v1.4-size BK-SDM-Tiny U-Net (323M params, 512 px, random weights) converts at ``precision``,
+    runs in the LiteRT interpreter and passes the shared validation against PyTorch (needs ~8 GB free;
+    run one at a time: `python -m pytest -m slow tests/test_export_tflite.py`)."""
+    from bksdm_edge.export.pipeline import export_bundle
+    from bksdm_edge.loading import load_model
+    from bksdm_edge.student import build_student
+
+    model = load_model("builtin:sd-v1.4")
+    model.unet, _ = build_student(model.unet, "bk-tiny")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red car on a road\na bowl of fruit on a table\n")
+    path = export_bundle("builtin:sd-v1.4", model=model, out=tmp_path / precision, format="tflite",
+                         precision=precision, components=["unet"], calibration_steps=2, validation_steps=2,
+                         calibration_prompts=prompts, progress=False)
+    report = json.loads((path / "validation.json").read_text())
+    assert report["passed"], report
