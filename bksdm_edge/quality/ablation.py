@@ -49,7 +49,8 @@ SETUPS: tuple[Setup, ...] = (
 )
 SETUP_BY_KEY = {s.key: s for s in SETUPS}
 VARIANTS = ("bk-base", "bk-small", "bk-tiny")
-EXPORT_TARGETS = (("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"), ("tflite", "fp32"))
+EXPORT_TARGETS = (("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "fp16"),
+                  ("tflite", "int8"))
 
 
 @dataclass(frozen=True)
