@@ -382,7 +382,8 @@ class OnnxInt8(_OnnxTarget):
     DESCRIPTION = ("recommended int8: static QDQ (calibrated, per-channel int8 weights, uint8 activations) on the "
                    "convolutions and linear projections (MatMuls with a constant weight) of the U-Net and VAE; "
                    "attention's QK^T/AV MatMuls kept float; dynamic int8 for the text encoder. Full-size "
-                   "BK-SDM-Tiny U-Net step at 512 px, 2 threads (benchmarks/results/target): see the report there; "
+                   "BK-SDM-Tiny U-Net step at 512 px, 2 threads (benchmarks/results/target): 1.31 s vs 2.65 s in fp32 "
+                   "(conv-only int8: 1.70 s); "
                    "QDQ on every MatMul is 2.4x SLOWER than fp32 (Q/DQ over the 4,096-token attention probabilities)")
     TOLERANCES = INT8_TOLERANCES
     NEEDS_CALIBRATION = ("unet", "vae_decoder", "vae_encoder")
