@@ -8,7 +8,7 @@ from pathlib import Path
 def add_arguments(p) -> None:
     """The bench options, shared with ``benchmarks/run.py``."""
     p.add_argument("--config", default="quick",
-                   help="YAML config path, or a ready config: quick (default), cpu-full, gpu")
+                   help="YAML config path, or a ready config: quick (default), cpu-full, target, gpu")
     p.add_argument("--out", type=Path, help="run folder (default benchmarks/results/<config name>)")
     p.add_argument("--cache", type=Path, help="exported-model cache (default ~/.cache/bksdm-edge/bench)")
     p.add_argument("--device", help="run every scenario on this device: cpu, cuda, android:SERIAL")
@@ -30,7 +30,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "bench", help="benchmark latency and memory of teacher vs BK-SDM students on every backend",
         description="Run a matrix of scenarios (model x component x backend x precision x shape x threads x "
-        "device), each in its own process, and write results.json, results.csv, report.md and plots.")
+        "device), each in its own process, and write results.json, results.csv, report.md and plots. "
+        "Models: teacher, bk-base/bk-small/bk-tiny, a student U-Net folder or an exported bundle folder. "
+        "Components: text_encoder, unet (one step), vae_decoder, vae_encoder, generate (a whole text-to-image "
+        "run of `steps` steps). Config format: benchmarks/README.md.")
     add_arguments(p)
     p.set_defaults(func=run)
 
