@@ -75,6 +75,8 @@ class Backend:
         kind = s.device.split(":")[0]
         if kind not in self.DEVICES and kind != "android":
             raise BackendUnavailable(f"{self.NAME} does not run on device {s.device!r} (runs on {', '.join(self.DEVICES)})")
+        if s.component == "generate":
+            guidance_of(s)
 
     def prepare(self, s: Scenario, module, example_inputs: dict[str, Any], output_names, out_dir: Path) -> dict:
         """Write the artifact for ``s`` into ``out_dir``; return {"files": [...], "main": path, "extra": {...}}."""
@@ -101,6 +103,16 @@ def guidance_of(s: Scenario) -> float:
     if s.batch not in GUIDANCE_BY_BATCH:
         raise BackendUnavailable(f"generate runs batch 1 (no guidance) or 2 (classifier-free guidance), not {s.batch}")
     return GUIDANCE_BY_BATCH[s.batch]
+
+
+def _torch_dtype(precision: str):
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+# What a text-to-image pipeline needs from the source (``loading.load_model`` components).
+PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
 def _files_under(root: Path, base: Path) -> list[str]:
@@ -157,8 +169,6 @@ class TorchBackend(Backend):
         if s.is_bundle:
             raise BackendUnavailable("an exported bundle runs on its format's backend (onnxruntime, litert, coreml), "
                                      "not PyTorch")
-        if s.component == "generate":
-            guidance_of(s)
 
     def prepare(self, s, module, example_inputs, output_names, out_dir):
         import torch
@@ -171,7 +181,7 @@ class TorchBackend(Backend):
         import torch
 
         torch.set_num_threads(s.threads)
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[s.precision]
+        dtype = _torch_dtype(s.precision)
         device = torch.device(s.device)
         module = torch.load(artifact_dir / meta["main"], weights_only=False, map_location=device)
         module = module.to(dtype).eval()
@@ -189,7 +199,7 @@ class TorchBackend(Backend):
                       info={"torch_threads": torch.get_num_threads()})
 
     def prepare_pipeline(self, s, out_dir):
-        model = load_scenario_model(s, ("unet", "vae", "text_encoder", "tokenizer", "scheduler"))
+        model = load_scenario_model(s, PIPELINE_PARTS)
         model.to_pipeline().save_pretrained(out_dir / "pipeline", safe_serialization=True)
         return {"files": _files_under(out_dir / "pipeline", out_dir), "main": "pipeline",
                 "extra": {"pipeline": "diffusers StableDiffusionPipeline"}}
@@ -199,7 +209,7 @@ class TorchBackend(Backend):
         from diffusers import StableDiffusionPipeline
 
         torch.set_num_threads(s.threads)
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[s.precision]
+        dtype = _torch_dtype(s.precision)
         pipe = StableDiffusionPipeline.from_pretrained(artifact_dir / meta["main"], torch_dtype=dtype,
                                                        local_files_only=True).to(s.device)
         pipe.set_progress_bar_config(disable=True)
@@ -246,12 +256,9 @@ class ExportBackend(Backend):
             if s.component != "generate" and s.component not in manifest["components"]:
                 raise BackendUnavailable(f"{s.model} has no {s.component} (it has "
                                          f"{', '.join(manifest['components'])})")
-            if s.options.get("export"):
-                raise BackendUnavailable("a bundle is run as exported; export options do not apply")
-        if s.component == "generate":
-            guidance_of(s)
-            if s.options.get("export"):
-                raise BackendUnavailable("export options apply to single components, not to generate")
+        if s.options.get("export") and (s.is_bundle or s.component == "generate"):
+            raise BackendUnavailable("export options apply to exporting a single component, not to a bundle "
+                                     "or to generate")
         try:
             registry.get_target(self.FORMAT, s.precision)
         except Exception as err:  # ExportError: not written yet / missing package / no such precision
@@ -299,7 +306,7 @@ class ExportBackend(Backend):
     def prepare_pipeline(self, s, out_dir):
         from ..export.pipeline import export_bundle
 
-        model = load_scenario_model(s, ("unet", "vae", "text_encoder", "tokenizer", "scheduler"))
+        model = load_scenario_model(s, PIPELINE_PARTS)
         bundle = export_bundle(s.source, out=out_dir / "bundle", format=self.FORMAT, precision=s.precision,
                                model=model, height=s.resolution, width=s.resolution, batch=s.batch,
                                overwrite=True, progress=False)
@@ -431,27 +438,22 @@ def prepare_artifact(s: Scenario, cache: Path) -> dict:
     out = artifact_dir(cache, s, backend)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if s.is_bundle or s.component == "generate":
-        if s.is_bundle:
-            info, inputs = backend.prepare_bundle(s, out)
-        else:
-            info, inputs = backend.prepare_pipeline(s, out), {}
-        info["export_s"] = time.perf_counter() - t0
-        info["build_s"] = 0.0
-        np.savez(out / INPUTS_FILE, **inputs)
-        info["size_bytes"] = sum((out / f).stat().st_size for f in info["files"])
-        (out / ARTIFACT_META).write_text(json.dumps(info, indent=2, default=str))
-        return info
-    if backend.NEEDS_MODULE:
-        module, inputs, output_names, calibration = build_module(s)
+    build_s = 0.0
+    if s.is_bundle:  # measured as it is: nothing to build or export
+        info, inputs = backend.prepare_bundle(s, out)
+    elif s.component == "generate":  # the backend builds and writes the whole pipeline
+        info, inputs = backend.prepare_pipeline(s, out), {}
     else:
-        module, inputs, output_names, calibration = None, {}, (), []
-    build_s = time.perf_counter() - t0
-    from dataclasses import replace
+        if backend.NEEDS_MODULE:
+            module, inputs, output_names, calibration = build_module(s)
+        else:
+            module, inputs, output_names, calibration = None, {}, (), []
+        build_s = time.perf_counter() - t0
+        from dataclasses import replace
 
-    s2 = replace(s, options={**s.options, "_calibration": calibration})
-    t0 = time.perf_counter()
-    info = backend.prepare(s2, module, inputs, output_names, out)
+        s2 = replace(s, options={**s.options, "_calibration": calibration})
+        t0 = time.perf_counter()
+        info = backend.prepare(s2, module, inputs, output_names, out)
     info["export_s"] = time.perf_counter() - t0
     info["build_s"] = build_s
     np.savez(out / INPUTS_FILE, **{k: np.asarray(v) for k, v in inputs.items()})

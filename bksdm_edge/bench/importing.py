@@ -17,7 +17,7 @@ from ..errors import BksdmError
 REQUIRED = ("model", "component", "backend", "precision", "device")
 NUMERIC = {"median_s", "p90_s", "min_s", "mean_s", "cold_s", "first_run_s", "load_s", "peak_rss_mb",
            "peak_gpu_mb", "size_mb", "baseline_rss_mb"}
-INTEGER = {"batch", "resolution", "threads", "repeats", "warmup"}
+INTEGER = {"batch", "resolution", "threads", "repeats", "warmup", "steps"}
 
 
 class ImportFormatError(BksdmError, ValueError):
@@ -80,4 +80,5 @@ def base_row_from(values: dict[str, Any], base_row) -> dict[str, Any]:
 
     fields = ("model", "component", "backend", "precision", "batch", "resolution", "threads", "device",
               "repeats", "warmup", "source")
-    return base_row(SimpleNamespace(**{k: values.get(k) for k in fields}))
+    # ``steps`` (denoising steps of a whole ``generate`` run) is optional in imported rows.
+    return base_row(SimpleNamespace(**{k: values.get(k) for k in fields}, run_steps=values.get("steps")))

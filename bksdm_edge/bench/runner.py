@@ -103,7 +103,7 @@ def base_row(s: Scenario) -> dict[str, Any]:
         "model": s.model, "component": s.component, "backend": s.backend, "precision": s.precision,
         "variant": getattr(s, "variant", "") or "",
         "batch": s.batch, "resolution": s.resolution, "threads": s.threads, "device": s.device,
-        "steps": s.steps if s.component == "generate" else None,
+        "steps": s.run_steps,
         "repeats": s.repeats, "warmup": s.warmup, "source": s.source,
         "median_s": None, "p90_s": None, "min_s": None, "mean_s": None, "cold_s": None, "first_run_s": None,
         "load_s": None, "peak_rss_mb": None, "peak_gpu_mb": None, "baseline_rss_mb": None, "size_mb": None,
@@ -259,7 +259,7 @@ def _row_key(r) -> tuple:
                                  "threads", "device"))
     if isinstance(r, dict):
         return key + (r.get("variant") or "", r.get("steps"))
-    return key + (r.variant or "", r.steps if r.component == "generate" else None)
+    return key + (r.variant or "", r.run_steps)
 
 
 def run_benchmark(config: BenchConfig, out_dir: str | Path, *, cache: str | Path | None = None,

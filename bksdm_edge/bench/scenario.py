@@ -82,13 +82,18 @@ class Scenario:
         return self.model == TEACHER
 
     @property
+    def run_steps(self) -> int | None:
+        """Denoising steps of one run: ``steps`` for ``generate``, None for single-call components."""
+        return self.steps if self.component == "generate" else None
+
+    @property
     def is_bundle(self) -> bool:
         """``model`` is an exported bundle folder (has a manifest)."""
         return self.model != TEACHER and (Path(self.model) / BUNDLE_MANIFEST).is_file()
 
     @property
     def label(self) -> str:
-        steps = f"/{self.steps}steps" if self.component == "generate" else ""
+        steps = f"/{self.run_steps}steps" if self.run_steps else ""
         return (f"{self.model}/{self.component}{steps}/{self.backend}-{self.precision}"
                 f"{'+' + self.variant if self.variant else ''}/{self.resolution}px"
                 f"/b{self.batch}/t{self.threads}/{self.device}")

@@ -193,19 +193,18 @@ class _Reader:
         raise NotImplementedError
 
 
-def _nodes_to_quantize(model, options: dict[str, Any]) -> list[str] | None:
+def _nodes_to_quantize(model, op_types: list[str], matmuls: str) -> list[str] | None:
     """Node names to quantize, or None for every node of ``op_types``.
 
-    ``options["matmuls"] == "projections"`` keeps only the MatMuls whose second input is a
+    ``matmuls == "projections"`` keeps only the MatMuls whose second input is a
     constant weight (the linear projections: to_q/k/v/out, feed-forward, proj_in/out) and
     leaves the activation x activation MatMuls of attention (QK^T, AV over 4,096 tokens at
     64x64) float, where Q/DQ over the attention probabilities costs more than int8 saves.
     """
-    if options.get("matmuls", "all") == "all":
+    if matmuls == "all":
         return None
-    if options["matmuls"] != "projections":
-        raise ExportError(f"options['matmuls'] must be 'all' or 'projections', got {options['matmuls']!r}")
-    op_types = set(options.get("op_types", ["Conv", "MatMul", "Gemm"]))
+    if matmuls != "projections":
+        raise ExportError(f"options['matmuls'] must be 'all' or 'projections', got {matmuls!r}")
     weights = {i.name for i in model.graph.initializer}
     return [n.name for n in model.graph.node
             if n.op_type in op_types and (n.op_type != "MatMul" or n.input[1] in weights)]
@@ -249,7 +248,7 @@ def _quantize_static(src: Path, dst: Path, calibration, options: dict[str, Any])
     inputs, _ = graph_io(model)
     dtypes = {i.name: np.dtype(i.dtype) for i in inputs}
     op_types = options.get("op_types", ["Conv", "MatMul", "Gemm"])
-    nodes = _nodes_to_quantize(model, options)
+    nodes = _nodes_to_quantize(model, op_types, options.get("matmuls", "all"))
     del model
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".calib-") as work:
         cache = Path(work) / "ranges.json"

@@ -207,8 +207,8 @@ def _union_min_max(qsv: dict, new: dict) -> dict:
     return {**qsv, "min": np.minimum(qsv["min"], new["min"]), "max": np.maximum(qsv["max"], new["max"])}
 
 
-def _calibrate(q, feed: dict[str, list[dict]]) -> dict:
-    """Activation ranges over ALL calibration samples.
+def _calibrate(q, signature: str, calibration, calibration_ranges: Mapping[str, tuple[float, float]]) -> dict:
+    """Activation ranges over ALL calibration samples (plus ``_range_samples`` for ``calibration_ranges``).
 
     ``Quantizer.calibrate`` folds samples in with a 0.95 moving average, so the first sample
     dominates: a trajectory starting at timestep 1 left the U-Net's timestep input a range of
@@ -224,7 +224,10 @@ def _calibrate(q, feed: dict[str, list[dict]]) -> dict:
     calib = calibrator.Calibrator(q._float_model_buffer, num_threads=os.cpu_count() or 1,
                                   mode=calibrator.CalibrationMode.CALIBRATION_PROFILER_BASED,
                                   qsv_update_func=_union_min_max)
-    calib.calibrate(feed, q._recipe_manager)
+    # The calibrator's interpreter gives the input names/dtypes/shapes (no second copy of the model).
+    details = calib._tfl_interpreter.get_signature_runner(signature).get_input_details()
+    feed = _calibration_feed(calibration, details)
+    calib.calibrate({signature: feed + _range_samples(feed, calibration_ranges)}, q._recipe_manager)
     return calib.get_model_qsvs()
 
 
@@ -297,11 +300,7 @@ def _quantize(fp32_path: Path, out_path: Path, precision: str, signature: str, c
                 "w8a8 (full-integer static) quantization needs calibration inputs: a list of input dicts "
                 "gathered from a real pipeline run (the export command collects them from its prompt list)."
             )
-        runner = _signature_runner(fp32_path, signature, threads=1)
-        details = runner.get_input_details()
-        del runner
-        feed = _calibration_feed(calibration, details)
-        result = _calibrate(q, {signature: feed + _range_samples(feed, calibration_ranges or {})})
+        result = _calibrate(q, signature, calibration, calibration_ranges or {})
     # Serializing to a path lets the quantizer write buffers over 2 GiB as offset buffers
     # and skip a second in-memory copy of the model.
     with _quantize_large_conv_weights():
