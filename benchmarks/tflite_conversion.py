@@ -84,19 +84,6 @@ def _unet_param_count(scenario: Scenario) -> int:
     return count_parameters(unet)
 
 
-def _metrics(out, ref) -> dict:
-    import numpy as np
-
-    out, ref = out.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
-    mse = float(np.mean((out - ref) ** 2))
-    peak = float(np.max(np.abs(ref)))
-    return {
-        "max_abs_err": float(np.max(np.abs(out - ref))),
-        "psnr_db": float(10 * np.log10(peak**2 / mse)) if mse > 0 else float("inf"),
-        "cosine": float(out @ ref / (np.linalg.norm(out) * np.linalg.norm(ref))),
-    }
-
-
 def run_child(scenario: Scenario, work_dir: Path) -> dict:
     """Build, convert and validate one scenario in this process; returns the measured row."""
     import resource
@@ -108,6 +95,7 @@ def run_child(scenario: Scenario, work_dir: Path) -> dict:
     from bksdm_edge.export.components import COMPONENTS, ShapeConfig
     from bksdm_edge.export.tensor_io import from_runner_outputs, to_runner_inputs
     from bksdm_edge.loading import load_model
+    from bksdm_edge.metrics import error_metrics
 
     torch.set_num_threads(os.cpu_count() or 1)
     row: dict = {}
@@ -168,7 +156,7 @@ def run_child(scenario: Scenario, work_dir: Path) -> dict:
         t0 = time.perf_counter()
         raw = runner(to_runner_inputs(converted.inputs, [feed[n].numpy() for n in spec.input_names]))
         out = from_runner_outputs(converted.outputs, raw)[0]
-        row["validation"][f"seed{seed}"] = {**_metrics(out, ref), "tflite_seconds": round(time.perf_counter() - t0, 2)}
+        row["validation"][f"seed{seed}"] = {**error_metrics(ref, out), "tflite_seconds": round(time.perf_counter() - t0, 2)}
     converted.path.unlink()  # keep the disk free; the size is recorded
     return row
 

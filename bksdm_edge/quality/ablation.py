@@ -178,11 +178,6 @@ def _latents(seed: int, channels: int, side: int):
     return torch.randn((1, channels, side, side), generator=torch.Generator().manual_seed(seed))
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
 def _num(x: float):
     return "inf" if x == math.inf else round(x, 2)
 
@@ -197,6 +192,7 @@ def run_export(variant: str, fmt: str, precision: str, cfg: AblationConfig, work
 
     from ..export.pipeline import export_bundle
     from ..generate import BundlePipeline
+    from ..metrics import psnr
     from .digits import caption, score_digits
 
     rec_path = work / "records" / f"export_{variant}_{fmt}-{precision}.json"
@@ -230,14 +226,16 @@ def run_export(variant: str, fmt: str, precision: str, cfg: AblationConfig, work
     scores = score_digits(torch.from_numpy(imgs).permute(0, 3, 1, 2), [d for d, _ in jobs], resolution=RESOLUTION)
     torch_scores = score_digits(torch.from_numpy(ref).permute(0, 3, 1, 2), [d for d, _ in jobs], resolution=RESOLUTION)
     n_psnr = min(len(jobs), cfg.psnr_prompts * cfg.eval_seeds)
-    per = [psnr(imgs[i], ref[i]) for i in range(n_psnr)]
-    pooled = psnr(imgs[:n_psnr], ref[:n_psnr])  # from the MSE over all compared images
+    # PSNR on 0-255 pixels against the PyTorch images; identical images are counted, not given a PSNR.
+    identical = [bool(np.array_equal(imgs[i], ref[i])) for i in range(n_psnr)]
+    per = [psnr(ref[i], imgs[i], peak=255.0) for i in range(n_psnr) if not identical[i]]
+    pooled = math.inf if all(identical) else psnr(ref[:n_psnr], imgs[:n_psnr], peak=255.0)  # MSE over all images
     size = sum(f.stat().st_size for f in Path(bundle).rglob("*") if f.is_file())
     rec = {"kind": "export", "variant": variant, "format": fmt, "precision": precision, "export_s": round(export_s, 1),
            "generation_s": round(gen_s, 1), "bundle_mb": round(size / 2**20, 2), **scores,
            "pytorch_same_latents": {k: torch_scores[k] for k in ("prompt_accuracy", "frechet_distance")},
-           "psnr_db_pooled": _num(pooled), "psnr_db_min": _num(min(per)),
-           "identical_images": sum(p == math.inf for p in per), "psnr_images": n_psnr}
+           "psnr_db_pooled": _num(pooled), "psnr_db_min": _num(min(per, default=math.inf)),
+           "identical_images": sum(identical), "psnr_images": n_psnr}
     rec_path.write_text(json.dumps(rec, indent=2))
     return rec
 
@@ -356,4 +354,4 @@ def summarise(records: list[dict[str, Any]], cfg: AblationConfig, meta: dict[str
 
 
 __all__ = ["SETUPS", "Setup", "AblationConfig", "VARIANTS", "EXPORT_TARGETS", "jobs", "run_job", "run_cell",
-           "run_export", "run_teacher", "summarise", "load_records", "ensure_data", "psnr"]
+           "run_export", "run_teacher", "summarise", "load_records", "ensure_data"]
