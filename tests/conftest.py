@@ -25,6 +25,16 @@ def tiny_model_v2():
     return load_model("builtin:tiny-sd-v2")
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on two shared cores a second thread makes toy models ~20x slower under contention,
+    and a subprocess run with OMP_NUM_THREADS=1 uses the same kernels (bit-identical results)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -37,13 +37,7 @@ from bksdm_edge.student import build_student
 from bksdm_edge.variants import VARIANTS, get_variant
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two shared cores: a second intra-op thread makes these toy models ~20x slower under contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -41,12 +41,6 @@ def cli_args(c: DistillConfig) -> list[str]:
     ]
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same kernels as the OMP_NUM_THREADS=1 subprocess
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_kill_9_after_checkpoint_then_resume_matches_uninterrupted(tmp_path, one_thread):

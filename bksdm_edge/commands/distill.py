@@ -1,4 +1,5 @@
-"""``bksdm-edge distill``: train a BK-SDM student from its teacher (task + output-KD + feature-KD losses)."""
+"""``bksdm-edge distill``: train a BK-SDM student from its teacher (``kd``: task + output-KD + feature-KD losses)
+or make a student few-step (``lcm``: latent consistency distillation)."""
 
 from __future__ import annotations
 
@@ -43,19 +44,26 @@ def data_config(args):
 
 
 def register(subparsers) -> None:
+    from ..distill.config import DEFAULT_VALIDATION_STEPS, LcmConfig
     from ..variants import VARIANTS
 
+    lcm = LcmConfig()
     p = subparsers.add_parser(
         "distill",
-        help="distil a BK-SDM student from its teacher",
+        help="distil a BK-SDM student from its teacher, or make it few-step (--objective lcm)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Train a BK-SDM student (initialised from the teacher) with λ_task·L_task + λ_out·L_outKD + "
-        "λ_feat·L_featKD. Defaults are the paper's recipe. Runs on CPU, one GPU or `accelerate launch "
-        "--multi_gpu`. Writes RUN_DIR/unet (+ unet_ema), run_config.json, checkpoints/ and logs/. "
-        "See docs/distill.md.",
+        description="--objective kd (default): train a BK-SDM student (initialised from the teacher) with "
+        "λ_task·L_task + λ_out·L_outKD + λ_feat·L_featKD; defaults are the paper's recipe. --objective lcm: latent "
+        "consistency distillation of --student (e.g. a kd run's unet) against the teacher's CFG trajectories, for "
+        "1-8-step sampling with LCMScheduler. Runs on CPU, one GPU or `accelerate launch --multi_gpu`. Writes "
+        "RUN_DIR/unet (+ unet_ema; lcm: + unet_target), run_config.json, checkpoints/ and logs/. See docs/distill.md.",
     )
     p.add_argument("--teacher", required=True, help="teacher model source (builtin:..., diffusers folder, hub id)")
-    p.add_argument("--variant", required=True, choices=sorted(VARIANTS), help="BK-SDM variant")
+    p.add_argument("--objective", choices=["kd", "lcm"], default="kd",
+                   help="kd: BK-SDM distillation; lcm: latent consistency distillation (few-step student)")
+    p.add_argument("--variant", choices=sorted(VARIANTS),
+                   help="BK-SDM variant (required by kd; with lcm and no --student, the student is this variant "
+                   "built from the teacher, or the teacher's own U-Net when omitted)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--student", help="start from this student U-Net folder instead of the teacher-initialised one")
     add_data_arguments(p)
@@ -73,6 +81,19 @@ def register(subparsers) -> None:
     l.add_argument("--lambda-task", type=float, default=1.0, help="weight of MSE(student, noise or velocity)")
     l.add_argument("--lambda-out", type=float, default=1.0, help="weight of MSE(student, teacher output)")
     l.add_argument("--lambda-feat", type=float, default=1.0, help="weight of the summed feature MSEs")
+    lc = p.add_argument_group("latent consistency distillation (--objective lcm)")
+    lc.add_argument("--w-min", type=float, default=lcm.w_min,
+                    help="smallest teacher CFG scale sampled (diffusers' guidance_scale; the student embeds w - 1)")
+    lc.add_argument("--w-max", type=float, default=lcm.w_max, help="largest teacher CFG scale sampled")
+    lc.add_argument("--num-ddim-timesteps", type=int, default=lcm.num_ddim_timesteps,
+                    help="DDIM solver timesteps (skip = 1000 // N); the LCMScheduler's original_inference_steps")
+    lc.add_argument("--loss", choices=["huber", "l2"], default=lcm.loss, help="consistency loss (pseudo-Huber or L2)")
+    lc.add_argument("--huber-c", type=float, default=lcm.huber_c, help="pseudo-Huber constant c")
+    lc.add_argument("--target-ema", type=float, default=lcm.target_ema, help="EMA rate of the target network")
+    lc.add_argument("--time-cond-proj-dim", type=int, default=lcm.time_cond_proj_dim,
+                    help="guidance-embedding width added to a student without one (zero-initialised projection)")
+    lc.add_argument("--teacher-unet", help="U-Net folder used as the ODE-solver teacher instead of --teacher's "
+                    "(e.g. a KD-distilled BK-SDM student); VAE, text encoder and noise schedule come from --teacher")
     o = p.add_argument_group("optimizer")
     o.add_argument("--lr", type=float, default=5e-5, help="learning rate")
     o.add_argument("--lr-scheduler", default="constant",
@@ -87,7 +108,9 @@ def register(subparsers) -> None:
     c.add_argument("--resume", help="'latest' or a checkpoint folder")
     c.add_argument("--validation-prompts", nargs="*", default=[], help="prompts rendered with the student")
     c.add_argument("--validate-every", type=int, default=500, help="validation interval in steps")
-    c.add_argument("--validation-inference-steps", type=int, default=25)
+    c.add_argument("--validation-inference-steps", type=int,
+                   help="sampling steps of validation images; when not given: "
+                   + ", ".join(f"{k} {v}" for k, v in DEFAULT_VALIDATION_STEPS.items()))
     c.add_argument("--report-to", choices=["auto", "tensorboard", "none"], default="auto",
                    help="auto: TensorBoard when installed; a JSONL log of every step is always written")
     c.add_argument("--log-every", type=int, default=1, help="progress-bar / tracker interval in steps")
@@ -96,10 +119,17 @@ def register(subparsers) -> None:
 
 
 def config_from_args(args):
-    from ..distill.config import CheckpointConfig, DistillConfig, LossConfig, OptimConfig, ValidationConfig
+    from ..distill.config import (
+        CheckpointConfig,
+        DistillConfig,
+        LcmConfig,
+        LossConfig,
+        OptimConfig,
+        ValidationConfig,
+    )
 
     return DistillConfig(
-        teacher=args.teacher, variant=args.variant, out=args.out, student=args.student,
+        teacher=args.teacher, variant=args.variant, out=args.out, student=args.student, objective=args.objective,
         max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
         mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         ema=args.ema, ema_decay=args.ema_decay, seed=args.seed, report_to=args.report_to,
@@ -112,6 +142,9 @@ def config_from_args(args):
         checkpoint=CheckpointConfig(every=args.checkpoint_every, keep=args.keep_checkpoints, resume=args.resume),
         validation=ValidationConfig(prompts=tuple(args.validation_prompts), every=args.validate_every,
                                     num_inference_steps=args.validation_inference_steps),
+        lcm=LcmConfig(w_min=args.w_min, w_max=args.w_max, num_ddim_timesteps=args.num_ddim_timesteps, loss=args.loss,
+                      huber_c=args.huber_c, target_ema=args.target_ema, time_cond_proj_dim=args.time_cond_proj_dim,
+                      teacher_unet=args.teacher_unet),
     )
 
 
@@ -121,7 +154,8 @@ def run(args) -> int:
     result = distill(config_from_args(args), command=["bksdm-edge", *sys.argv[1:]])
     if not result.is_main_process:
         return 0
-    summary = {"steps": result.steps, "processes": result.world_size, "unet": str(result.unet_dir), "unet_ema": str(result.ema_dir or ""),
+    summary = {"steps": result.steps, "processes": result.world_size,
+               **{name: str(path) for name, path in result.outputs.items()},
                "skipped_rows": result.skipped_rows, "last_losses": result.last_losses}
     print(json.dumps(summary, indent=2))
     return 0

@@ -2,8 +2,9 @@
 
 Defaults follow the BK-SDM paper's recipe (arXiv 2305.15798, Sec. 4): lr 5e-5
 constant, AdamW with weight decay 1e-2, gradient-norm clip 1, all loss weights 1.
-The resolved config is written as ``run_config.json`` beside the outputs, with
-the versions that produced it.
+The ``lcm`` objective's defaults follow diffusers' consistency-distillation example
+(Latent Consistency Models, arXiv 2310.04378). The resolved config is written as
+``run_config.json`` beside the outputs, with the versions that produced it.
 """
 
 from __future__ import annotations
@@ -57,6 +58,39 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class LcmConfig:
+    """Latent consistency distillation (``objective="lcm"``).
+
+    Guidance scales are diffusers' ``guidance_scale`` (the CFG scale of ``StableDiffusionPipeline``:
+    uncond + w * (cond - uncond)). The student embeds ``w - 1``, exactly as ``LatentConsistencyModelPipeline``
+    embeds its ``guidance_scale - 1``, so ``guidance_scale=w`` at inference asks for the teacher's CFG-w image.
+
+    Attributes:
+        w_min / w_max: range of the teacher's CFG scale, sampled uniformly per example
+            (defaults: diffusers' example's 5..15 in the LCM paper's convention, +1).
+        num_ddim_timesteps: DDIM solver timesteps out of the teacher's 1000 (skip = 1000 // N); also the
+            ``original_inference_steps`` of the LCMScheduler written next to the student.
+        loss: "huber" (pseudo-Huber, sqrt(d^2 + c^2) - c) or "l2".
+        huber_c: the pseudo-Huber constant c.
+        target_ema: EMA rate of the target network (diffusers' example: 0.95).
+        time_cond_proj_dim: width of the guidance embedding added to a student that has none (256, as LCM-SD).
+        timestep_scaling: boundary-condition scale (c_skip, c_out), LCMScheduler's ``timestep_scaling``.
+        teacher_unet: optional U-Net folder used as the ODE-solver teacher instead of ``teacher``'s own U-Net
+            (e.g. a KD-distilled BK-SDM student); VAE, text encoder and scheduler still come from ``teacher``.
+    """
+
+    w_min: float = 6.0
+    w_max: float = 16.0
+    num_ddim_timesteps: int = 50
+    loss: str = "huber"
+    huber_c: float = 0.001
+    target_ema: float = 0.95
+    time_cond_proj_dim: int = 256
+    timestep_scaling: float = 10.0
+    teacher_unet: str | None = None
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     """AdamW and the learning-rate schedule (``diffusers.optimization.get_scheduler`` names)."""
 
@@ -83,13 +117,17 @@ class CheckpointConfig:
     resume: str | None = None
 
 
+# Validation sampling steps when ValidationConfig.num_inference_steps is None, per objective.
+DEFAULT_VALIDATION_STEPS = {"kd": 25, "lcm": 4}
+
+
 @dataclass(frozen=True)
 class ValidationConfig:
     """Prompts rendered with the student every ``every`` steps and at the end (empty: no validation)."""
 
     prompts: tuple[str, ...] = ()
     every: int = 500
-    num_inference_steps: int = 25
+    num_inference_steps: int | None = None  # None: DEFAULT_VALIDATION_STEPS[objective]
     guidance_scale: float = 7.5
     seed: int = 0
 
@@ -100,9 +138,12 @@ class DistillConfig:
 
     Attributes:
         teacher: model source for ``loading.load_model`` (``builtin:...``, a diffusers folder or a hub id).
-        variant: BK-SDM variant (``bk-base``, ``bk-small``, ``bk-tiny``).
+        variant: BK-SDM variant (``bk-base``, ``bk-small``, ``bk-tiny``); required by ``kd``. With ``lcm`` it
+            builds the student from the teacher when ``student`` is None (None there: the teacher's U-Net).
         out: run folder (checkpoints, logs, final ``unet``/``unet_ema``, ``run_config.json``).
         student: optional U-Net folder to start from instead of the teacher-initialised student.
+        objective: "kd" (the BK-SDM paper's task + output-KD + feature-KD) or "lcm" (latent consistency
+            distillation: a few-step student, see ``LcmConfig``).
         max_steps: optimizer steps.
         batch_size: images per process per micro-batch; the global batch is
             ``batch_size * grad_accum * processes``.
@@ -117,9 +158,10 @@ class DistillConfig:
     """
 
     teacher: str
-    variant: str
+    variant: str | None
     out: str
     student: str | None = None
+    objective: str = "kd"
     max_steps: int = 50_000
     batch_size: int = 64
     grad_accum: int = 1
@@ -136,6 +178,7 @@ class DistillConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    lcm: LcmConfig = field(default_factory=LcmConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -143,7 +186,7 @@ class DistillConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
         nested = {"data": DataConfig, "loss": LossConfig, "optim": OptimConfig, "checkpoint": CheckpointConfig,
-                  "validation": ValidationConfig}
+                  "validation": ValidationConfig, "lcm": LcmConfig}
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in known}
         for name, sub in nested.items():
@@ -161,8 +204,8 @@ class DistillConfig:
 
 
 # Fields that fix the data order and the shapes of saved optimizer/EMA state: a resumed run must keep them.
-RESUME_INVARIANTS = ("variant", "batch_size", "grad_accum", "seed", "ema", "data.resolution", "data.center_crop",
-                     "data.random_flip", "world_size")
+RESUME_INVARIANTS = ("objective", "variant", "batch_size", "grad_accum", "seed", "ema", "data.resolution",
+                     "data.center_crop", "data.random_flip", "world_size", "lcm.time_cond_proj_dim")
 
 
 def versions() -> dict[str, str]:

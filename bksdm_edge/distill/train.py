@@ -1,4 +1,5 @@
-"""The distillation loop: a BK-SDM student learns from its teacher with task, output-KD and feature-KD losses.
+"""The distillation loop shared by every objective (``objective.py``): the BK-SDM paper's KD (``kd.py``) and
+latent consistency distillation (``lcm.py``).
 
 Runs unchanged on one CPU, one GPU or ``accelerate launch --multi_gpu`` (DDP, mixed precision,
 gradient accumulation). Exact resume on CPU/fp32 rests on three things: the data order is a
@@ -22,10 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import BksdmError
-from ..loading import load_model, load_unet
-from ..student import STUDENT_META, StudentReport, build_student, save_student
-from ..variants import get_variant
+from ..loading import load_model
+from ..student import save_student
 from .cache import CachedDataset, build_cache, check_cache, encode_moments, encode_text, open_cache
 from .checkpoint import (
     clean_partial,
@@ -36,15 +35,11 @@ from .checkpoint import (
 )
 from .config import RESUME_INVARIANTS, DistillConfig, versions
 from .data import EpochBatches, ImageCaptionDataset, batch_iterator, load_rows
-from .features import FeatureCapture
-from .loss import LOSS_NAMES, check_prediction_type, distill_losses, training_target
+from .loss import check_prediction_type
+from .objective import DistillError, Objective, TrainContext, get_objective
 
 LOG_FILE = "logs/train_log.jsonl"
 RUN_CONFIG = "run_config.json"
-
-
-class DistillError(BksdmError, ValueError):
-    pass
 
 
 @dataclass
@@ -61,6 +56,7 @@ class DistillResult:
     resumed_from: str | None = None
     world_size: int = 1
     is_main_process: bool = True
+    outputs: dict[str, Path] = field(default_factory=dict)  # every saved U-Net folder by name
 
 
 def sample_latents(moments: torch.Tensor, generator: torch.Generator, scaling_factor: float) -> torch.Tensor:
@@ -96,26 +92,10 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _init_student(config: DistillConfig, teacher) -> tuple[Any, StudentReport]:
-    if config.student is None:
-        return build_student(teacher, config.variant)
-    student = load_unet(config.student)
-    meta_path = Path(config.student) / STUDENT_META
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    if meta.get("variant", config.variant) != config.variant:
-        raise DistillError(f"--student {config.student} is a {meta['variant']} student, not {config.variant}")
-    report = StudentReport(
-        variant=config.variant,
-        teacher_params=sum(p.numel() for p in teacher.parameters()),
-        student_params=sum(p.numel() for p in student.parameters()),
-        remapped=meta.get("remapped_keys", {}),
-    )
-    return student, report
-
-
 def _check_resume(checkpoint: Path, config: DistillConfig, world_size: int) -> dict[str, Any]:
     state = read_trainer_state(checkpoint)
-    saved = _flat({**state["config"], "world_size": state["world_size"]})
+    # Through from_dict, so fields added since the checkpoint was written compare as their defaults.
+    saved = _flat({**DistillConfig.from_dict(state["config"]).to_dict(), "world_size": state["world_size"]})
     now = _flat({**config.to_dict(), "world_size": world_size})
     changed = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in RESUME_INVARIANTS if saved.get(k) != now.get(k)]
     if changed:
@@ -155,21 +135,23 @@ def _open_log(path: Path, resume_step: int | None):
     return open(path, "a", buffering=1)
 
 
-def _save_unet_atomic(unet, out: Path, **kwargs) -> Path:
+def _save_unet_atomic(unet, out: Path, objective: Objective | None = None, **kwargs) -> Path:
     tmp = out.parent / f".tmp-{out.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     save_student(unet, tmp, **kwargs)
+    if objective is not None:
+        objective.decorate_unet_folder(tmp)
     if out.exists():
         shutil.rmtree(out)
     os.rename(tmp, out)
     return out
 
 
-def render_validation(model, student, config: DistillConfig, step: int, accelerator) -> list[Path]:
+def render_validation(model, student, config: DistillConfig, step: int, accelerator, objective: Objective) -> list[Path]:
     """Render the validation prompts with the current student; returns the image paths."""
     v = config.validation
-    pipe = model.to_pipeline()
-    pipe.unet = student
+    steps = v.num_inference_steps or objective.default_validation_steps
+    pipe = objective.validation_pipeline(model, student)
     pipe.set_progress_bar_config(disable=True)
     out_dir = config.run_dir / "validation" / f"step-{step:06d}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -182,7 +164,7 @@ def render_validation(model, student, config: DistillConfig, step: int, accelera
         with torch.no_grad(), accelerator.autocast():
             for i, prompt in enumerate(v.prompts):
                 image = pipe(
-                    prompt, num_inference_steps=v.num_inference_steps, guidance_scale=v.guidance_scale,
+                    prompt, num_inference_steps=steps, guidance_scale=v.guidance_scale,
                     height=config.data.resolution, width=config.data.resolution, generator=generator,
                 ).images[0]
                 path = out_dir / f"{i:02d}.png"
@@ -197,25 +179,59 @@ def render_validation(model, student, config: DistillConfig, step: int, accelera
     return paths
 
 
+def prepare_objective(objective: Objective, accelerator, need_encoders: bool = True):
+    """Load the teacher, build the student and the objective's frozen parts (step 3 of ``distill``).
+
+    Args:
+        objective: from ``get_objective(config)``.
+        accelerator: an ``accelerate.Accelerator`` (device, mixed precision).
+        need_encoders: load the VAE and text encoder (not needed when training from a latent cache).
+    Returns (TrainContext, student in train mode on the CPU in float32, StudentReport).
+    """
+    from diffusers import DDPMScheduler
+
+    config, device = objective.config, accelerator.device
+    # The VAE and text encoder are only needed without a cache (or for validation images, or when the objective
+    # always needs them).
+    components = ("unet", "scheduler") + (("vae", "text_encoder", "tokenizer") if need_encoders else ())
+    components += tuple(c for c in objective.always_needs if c not in components)
+    model = load_model(config.teacher, unet=objective.teacher_unet_source(), components=components)
+    noise_scheduler = DDPMScheduler.from_config(model.scheduler.config)
+    check_prediction_type(noise_scheduler)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    ctx = TrainContext(config=config, model=model, noise_scheduler=noise_scheduler, device=device,
+                       weight_dtype=weight_dtype, accelerator=accelerator)
+    student, report = objective.build_student(ctx)
+    if config.gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+    for frozen in (model.unet, model.vae, model.text_encoder):
+        if frozen is not None:
+            frozen.requires_grad_(False).eval().to(device, dtype=weight_dtype)
+    student.train()
+    objective.setup(ctx, student)
+    return ctx, student, report
+
+
 def distill(config: DistillConfig, *, command: list[str] | None = None) -> DistillResult:
-    """Train a BK-SDM student of ``config.teacher`` and save it under ``config.out``.
+    """Train a student of ``config.teacher`` with ``config.objective`` and save it under ``config.out``.
 
     Args:
         config: the run (see ``DistillConfig``); ``config.checkpoint.resume`` continues a run.
         command: the command line, recorded in ``run_config.json``.
 
     Returns:
-        ``DistillResult`` with the output folders (``unet``, ``unet_ema``) and the last logged losses.
+        ``DistillResult`` with the output folders (``unet``, ``unet_ema``, the objective's extras such as
+        ``unet_target``) and the last logged losses.
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
     run_dir = config.run_dir
-    variant = get_variant(config.variant)
+    objective = get_objective(config)  # refuses bad objective options before anything is loaded
     if config.max_steps < 1 or config.batch_size < 1 or config.grad_accum < 1:
         raise DistillError("--max-steps, --batch-size and --grad-accum must be >= 1")
 
@@ -238,23 +254,11 @@ def distill(config: DistillConfig, *, command: list[str] | None = None) -> Disti
         clean_partial(run_dir)
     set_seed(config.seed)
 
-    # 3. Teacher, student, noise scheduler. The VAE and text encoder are only needed without a cache
-    #    (or for validation images).
+    # 3. Teacher, student, noise scheduler, the objective's frozen parts.
     use_cache = config.data.cache_dir is not None
     need_encoders = not use_cache or bool(config.validation.prompts) or not Path(config.data.cache_dir).exists()
-    components = ("unet", "scheduler") + (("vae", "text_encoder", "tokenizer") if need_encoders else ())
-    model = load_model(config.teacher, components=components)
-    teacher = model.unet
-    noise_scheduler = DDPMScheduler.from_config(model.scheduler.config)
-    check_prediction_type(noise_scheduler)
-    student, report = _init_student(config, teacher)
-    if config.gradient_checkpointing:
-        student.enable_gradient_checkpointing()
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    for frozen in (teacher, model.vae, model.text_encoder):
-        if frozen is not None:
-            frozen.requires_grad_(False).eval().to(device, dtype=weight_dtype)
-    student.train()
+    ctx, student, report = prepare_objective(objective, accelerator, need_encoders)
+    model = ctx.model
 
     # 4. Data: the cache (built on first use) or the raw rows.
     rowset = load_rows(config.data) if (config.data.source or not use_cache) else None
@@ -296,6 +300,8 @@ def distill(config: DistillConfig, *, command: list[str] | None = None) -> Disti
                        model_config=student.config)
         ema.to(device)
         accelerator.register_for_checkpointing(ema)
+    for obj in objective.checkpoint_objects():
+        accelerator.register_for_checkpointing(obj)
     student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
     inner = accelerator.unwrap_model(student)
 
@@ -313,8 +319,9 @@ def distill(config: DistillConfig, *, command: list[str] | None = None) -> Disti
         "command": command,
         "student": report.summary(),
         "data": {"rows": len(dataset), "skipped_rows": skipped, "cache": config.data.cache_dir},
-        "feature_pairs": [list(p) for p in variant.feature_pairs],
-        "prediction_type": noise_scheduler.config.prediction_type,
+        "objective": config.objective,
+        **objective.info(),
+        "prediction_type": ctx.noise_scheduler.config.prediction_type,
     }
     log_file = None
     if is_main:
@@ -325,8 +332,7 @@ def distill(config: DistillConfig, *, command: list[str] | None = None) -> Disti
             accelerator.init_trackers("distill", config=_flat(config.to_dict()), init_kwargs=init_kwargs)
 
     # 7. Train.
-    teacher_names = [t for t, _ in variant.feature_pairs]
-    student_names = [s for _, s in variant.feature_pairs]
+    loss_names = objective.loss_names
     images_per_step = config.batch_size * config.grad_accum * world
     micro = global_step * config.grad_accum
     batches = batch_iterator(dataset, sampler, micro, config.data.num_workers)
@@ -334,36 +340,24 @@ def distill(config: DistillConfig, *, command: list[str] | None = None) -> Disti
                disable=not (is_main and config.progress))
     last: dict[str, float] = {}
     speed = None
-    weights = config.loss
 
     def micro_step(batch) -> dict[str, torch.Tensor]:
         generator = torch.Generator(device=device).manual_seed(micro_batch_seed(config.seed, micro, accelerator.process_index))
         with torch.no_grad():
             if "moments" in batch:
                 moments = batch["moments"].to(device)
-                text = batch["text_embeds"].to(device, dtype=weight_dtype)
+                text = batch["text_embeds"].to(device, dtype=ctx.weight_dtype)
             else:
-                moments = encode_moments(model.vae, batch["pixel_values"].to(device, dtype=weight_dtype))
+                moments = encode_moments(model.vae, batch["pixel_values"].to(device, dtype=ctx.weight_dtype))
                 text = encode_text(model.text_encoder, batch["input_ids"].to(device))
         latents = sample_latents(moments, generator, scaling_factor)
-        noise = torch.randn(latents.shape, generator=generator, device=device)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                  generator=generator, device=device)
-        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        target = training_target(noise_scheduler, latents, noise, timesteps)
-        with torch.no_grad(), accelerator.autocast():
-            teacher_pred = teacher(noisy, timesteps, text, return_dict=False)[0]
-        teacher_feats = teacher_cap.take()
-        student_pred = student(noisy, timesteps, text, return_dict=False)[0]
-        student_feats = student_cap.take()
-        return distill_losses(student_pred, teacher_pred, target, student_feats, teacher_feats, weights,
-                              variant.feature_pairs)
+        return objective.losses(ctx, student, latents, text, generator)
 
-    with FeatureCapture(teacher, teacher_names) as teacher_cap, FeatureCapture(inner, student_names) as student_cap:
+    with objective.session(ctx, inner):
         while global_step < config.max_steps:
             started = time.perf_counter()
             lr = lr_scheduler.get_last_lr()[0]  # the rate this step uses
-            sums = torch.zeros(len(LOSS_NAMES), device=device)
+            sums = torch.zeros(len(loss_names), device=device)
             grad_norm = None
             for _ in range(config.grad_accum):
                 batch = next(batches)
@@ -375,17 +369,18 @@ def distill(config: DistillConfig, *, command: list[str] | None = None) -> Disti
                     optimizer.step()
                     lr_scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-                sums += torch.stack([losses[k].detach().float() for k in LOSS_NAMES])
+                sums += torch.stack([losses[k].detach().float() for k in loss_names])
                 micro += 1
             if not accelerator.sync_gradients:
                 raise DistillError("internal: an optimizer step ended without a gradient sync")
+            objective.after_optimizer_step(inner)
             if ema is not None:
                 ema.step(inner.parameters())
             global_step += 1
             means = accelerator.reduce(sums / config.grad_accum, reduction="mean").tolist()
             seconds = time.perf_counter() - started
             speed = images_per_step / seconds if speed is None else 0.9 * speed + 0.1 * images_per_step / seconds
-            last = dict(zip(LOSS_NAMES, means))
+            last = dict(zip(loss_names, means))
             if not all(math.isfinite(v) for v in means):
                 raise DistillError(f"non-finite loss at step {global_step}: {last}. Lower --lr or use bf16/fp32.")
             record = {
@@ -412,26 +407,34 @@ def distill(config: DistillConfig, *, command: list[str] | None = None) -> Disti
                 )
             v = config.validation
             if v.prompts and is_main and v.every > 0 and global_step % v.every == 0:
-                render_validation(model, inner, config, global_step, accelerator)
+                render_validation(model, inner, config, global_step, accelerator, objective)
     bar.close()
 
     # 8. Final outputs: the student (and its EMA) as diffusers U-Net folders with the run config beside them.
     accelerator.wait_for_everyone()
     unet_dir, ema_dir = run_dir / "unet", (run_dir / "unet_ema" if ema is not None else None)
+    outputs: dict[str, str | None] = {}
     if is_main:
         v = config.validation
         if v.prompts and not (v.every > 0 and global_step % v.every == 0):
-            render_validation(model, inner, config, global_step, accelerator)
-        extra = {"distill": {"steps": global_step, "run_config": RUN_CONFIG, "losses": last}}
-        _save_unet_atomic(inner, unet_dir, teacher=config.teacher, report=report, extra=extra)
+            render_validation(model, inner, config, global_step, accelerator, objective)
+        extra = {"distill": {"steps": global_step, "run_config": RUN_CONFIG, "losses": last,
+                             "objective": config.objective}}
+
+        def save_unet(unet, out: Path, extra: dict) -> Path:
+            return _save_unet_atomic(unet, out, objective, teacher=config.teacher, report=report,
+                                     extra={**objective.student_meta(), **extra})
+
+        save_unet(inner, unet_dir, extra)
         if ema is not None:
             ema.store(inner.parameters())
             ema.copy_to(inner.parameters())
-            _save_unet_atomic(inner, ema_dir, teacher=config.teacher, report=report,
-                              extra={"distill": {**extra["distill"], "ema_decay": config.ema_decay}})
+            save_unet(inner, ema_dir, {"distill": {**extra["distill"], "ema_decay": config.ema_decay}})
             ema.restore(inner.parameters())
+        outputs = {"unet": "unet", "unet_ema": "unet_ema" if ema is not None else None,
+                   **objective.save_outputs(run_dir, inner, save_unet, extra)}
         result_info = {**run_info, "status": "finished", "steps": global_step, "last_losses": last,
-                       "outputs": {"unet": "unet", "unet_ema": "unet_ema" if ema is not None else None}}
+                       "outputs": outputs}
         (run_dir / RUN_CONFIG).write_text(json.dumps(result_info, indent=2))
         log_file.close()
     accelerator.end_training()
@@ -439,6 +442,7 @@ def distill(config: DistillConfig, *, command: list[str] | None = None) -> Disti
         run_dir=run_dir, steps=global_step, unet_dir=unet_dir, ema_dir=ema_dir, log_path=run_dir / LOG_FILE,
         last_losses=last, skipped_rows=skipped, resumed_from=str(checkpoint) if checkpoint else None,
         world_size=world, is_main_process=is_main,
+        outputs={k: run_dir / v for k, v in outputs.items() if v is not None},
     )
 
 
