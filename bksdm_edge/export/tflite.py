@@ -38,6 +38,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from .base import ConvertedModel, ExportError, Runner, TensorInfo
+from .memory import GIB, MemoryEstimate, PeakModel, available_memory, check_fits, weight_bytes
 from .registry import ExportTarget, Tolerance, register_target
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8-weight-only", "w8a8")
@@ -50,8 +51,13 @@ FLATBUFFER_LIMIT = 2**31  # flatbuffers address 32-bit signed offsets
 # for 3.2 GiB of weights) and 3.7-4.0x for w8a8 (calibration runs the fp32 model in the
 # interpreter beside the quantizer's copies). The estimate is a fixed overhead plus a multiple
 # above every measurement: a refused export costs a message, an OOM kill costs the machine.
-MEMORY_BASE_BYTES = int(1.5 * 2**30)
-MEMORY_PER_PARAM_BYTE = {"fp32": 3.5, "fp16": 3.5, "int8": 3.5, "int8-weight-only": 3.5, "w8a8": 5.0}
+_MEASURED = "benchmarks/results/tflite_conversion"
+MEMORY: dict[str, PeakModel] = {
+    **{p: PeakModel(int(1.5 * GIB), 3.5, source=_MEASURED) for p in ("fp32", "fp16", "int8", "int8-weight-only")},
+    "w8a8": PeakModel(int(1.5 * GIB), 5.0, source=_MEASURED),
+}
+MEMORY_BASE_BYTES = MEMORY["fp32"].fixed_bytes
+MEMORY_PER_PARAM_BYTE = {p: m.per_weight_byte for p, m in MEMORY.items()}
 LIGHTWEIGHT_FACTOR = 1.0  # measured: see docs/tflite.md (lightweight_conversion did not lower the peak enough to count on)
 # lightweight_conversion did not lower the peak (BK-SDM-Tiny fp16: 5.23 GiB with it, 4.85 without) and
 # its int8 output failed to quantize at full size; off unless options["lightweight"] asks for it.
@@ -63,46 +69,25 @@ def count_parameters(module) -> int:
     return sum(p.numel() for p in module.parameters()) + sum(b.numel() for b in module.buffers())
 
 
+def memory_estimate(num_params: int, precision: str, lightweight: bool = False) -> MemoryEstimate:
+    """What converting a model with ``num_params`` fp32 parameters adds to the process, in labelled parts."""
+    model = MEMORY[precision]
+    factor = model.per_weight_byte * (LIGHTWEIGHT_FACTOR if lightweight else 1.0)
+    return MemoryEstimate(
+        f"TFLite {precision} conversion of a {num_params / 1e6:.0f}M-parameter model",
+        (("fixed", model.fixed_bytes), (f"{factor:g} x fp32 weights", int(factor * weight_bytes(num_params)))),
+    )
+
+
 def estimate_conversion_memory(num_params: int, precision: str, lightweight: bool = False) -> int:
     """Estimated peak RSS in bytes of converting a model with ``num_params`` fp32 parameters."""
-    factor = MEMORY_PER_PARAM_BYTE[precision] * (LIGHTWEIGHT_FACTOR if lightweight else 1.0)
-    return int(MEMORY_BASE_BYTES + factor * 4 * num_params)
-
-
-def available_memory() -> int:
-    """Bytes this process may still use: available RAM, capped by a cgroup limit if one is set."""
-    import psutil
-
-    avail = psutil.virtual_memory().available
-    for limit_file, usage_file in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
-    ):
-        try:
-            limit = Path(limit_file).read_text().strip()
-            if limit != "max" and int(limit) < 2**60:
-                avail = min(avail, int(limit) - int(Path(usage_file).read_text().strip()))
-            break
-        except (OSError, ValueError):
-            continue
-    return avail
+    return memory_estimate(num_params, precision, lightweight).total
 
 
 def check_memory(num_params: int, precision: str, lightweight: bool, limit: int | None = None) -> int:
-    """Raise ExportError before converting when the estimated peak exceeds the memory at hand."""
-    need = estimate_conversion_memory(num_params, precision, lightweight)
-    have = available_memory() if limit is None else limit
-    if need > have:
-        gib = 2**30
-        raise ExportError(
-            f"TFLite {precision} conversion of a {num_params / 1e6:.0f}M-parameter model needs about "
-            f"{need / gib:.1f} GiB of RAM (estimate: {MEMORY_BASE_BYTES / gib:.1f} GiB fixed + "
-            f"{(need - MEMORY_BASE_BYTES) / gib:.1f} GiB for the weights), but only {have / gib:.1f} GiB is available. Close other jobs, convert on a machine "
-            "with more memory, export a smaller BK-SDM student (bk-small/bk-tiny), or export the components "
-            "one at a time (--components). Pass options={'memory_limit_bytes': N} / --max-memory to override "
-            "the check if you know better."
-        )
-    return need
+    """Raise ``MemoryRefused`` before converting when the estimated peak exceeds the memory at hand."""
+    return check_fits(memory_estimate(num_params, precision, lightweight), limit=limit,
+                      override="pass options={'memory_limit_bytes': N} to convert()")
 
 
 class _NamedIO:

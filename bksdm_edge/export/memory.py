@@ -1,0 +1,122 @@
+"""Pre-flight memory estimates, shared by every export format: refuse before starting, not half-way.
+
+A conversion that runs out of memory is killed by the kernel after minutes of work and may take
+other jobs on the machine with it; a refusal costs a message. Each format back-end describes the
+peak resident memory of one conversion as a ``PeakModel`` fitted *above* its measurements
+(benchmarks/results/...): a fixed part, a multiple of the component's fp32 weight bytes, and a
+multiple of the bytes of its largest activation at the export shape (calibration and validation
+run the model; attention scores grow with batch x (latent pixels)^2). ``check_fits`` compares an
+estimate with the memory this process may still use and raises ``MemoryRefused`` with the numbers,
+what they are made of, and what to do instead.
+
+Nothing here imports torch: callers pass byte counts (see ``weight_bytes``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .base import ExportError
+
+GIB = 2**30
+
+# What every refusal suggests; a back-end may put a more specific fix first.
+GENERIC_FIXES = (
+    "close other jobs",
+    "export a smaller BK-SDM student (bk-small / bk-tiny)",
+    "export the components one at a time (--components)",
+    "convert on a machine with more memory",
+)
+
+
+class MemoryRefused(ExportError):
+    """An export refused up front because its estimated peak memory exceeds what is available."""
+
+
+@dataclass(frozen=True)
+class PeakModel:
+    """Peak RSS one conversion adds, as ``fixed + per_weight_byte * W + per_activation_byte * A``.
+
+    ``W``: the component's fp32 weight bytes (4 x parameters and buffers); ``A``: the bytes of its
+    largest intermediate tensor at the export shape (0 where activations do not matter).
+    ``source`` names the measurements the coefficients were fitted above.
+    """
+
+    fixed_bytes: int = 0
+    per_weight_byte: float = 0.0
+    per_activation_byte: float = 0.0
+    source: str = ""
+
+    def bytes_for(self, weight_bytes: int, activation_bytes: int = 0) -> int:
+        return int(self.fixed_bytes + self.per_weight_byte * weight_bytes + self.per_activation_byte * activation_bytes)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """An estimated peak, kept as labelled parts so a refusal can say what it is made of."""
+
+    what: str  # e.g. "TFLite w8a8 conversion of unet (482M parameters)"
+    parts: tuple[tuple[str, int], ...] = field(default_factory=tuple)
+
+    @property
+    def total(self) -> int:
+        return sum(b for _, b in self.parts)
+
+    def breakdown(self) -> str:
+        return " + ".join(f"{label} {b / GIB:.1f}" for label, b in self.parts if b)
+
+
+def weight_bytes(num_params: int) -> int:
+    """fp32 bytes of ``num_params`` parameters (what every converter starts from)."""
+    return 4 * int(num_params)
+
+
+def available_memory() -> int:
+    """Bytes this process may still use: available RAM, capped by a cgroup limit if one is set."""
+    import psutil
+
+    avail = psutil.virtual_memory().available
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            if limit != "max" and int(limit) < 2**60:
+                avail = min(avail, int(limit) - int(Path(usage_file).read_text().strip()))
+            break
+        except (OSError, ValueError):
+            continue
+    return avail
+
+
+def check_fits(estimate: MemoryEstimate, *, limit: int | None = None, fixes: Sequence[str] = (),
+               override: str = "") -> int:
+    """Raise ``MemoryRefused`` when ``estimate`` exceeds ``limit`` (default: ``available_memory()``).
+
+    Args:
+        estimate: the estimated peak and its parts.
+        limit: bytes allowed (tests and callers that know better); None measures what is available.
+        fixes: what to do instead, most specific first (the generic ones are appended).
+        override: how to bypass the check (e.g. "--max-memory 20"), named in the message.
+    Returns the estimated bytes when they fit.
+    """
+    need = estimate.total
+    have = available_memory() if limit is None else int(limit)
+    if need > have:
+        todo = "; ".join(_unique([*fixes, *GENERIC_FIXES]))
+        bypass = f" If you know better, {override}." if override else ""
+        raise MemoryRefused(
+            f"{estimate.what} needs about {need / GIB:.1f} GiB of RAM ({estimate.breakdown()} GiB), but only "
+            f"{have / GIB:.1f} GiB is available; nothing was started. To fit: {todo}.{bypass}"
+        )
+    return need
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for item in items:
+        seen.setdefault(item, None)
+    return list(seen)
