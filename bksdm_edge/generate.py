@@ -5,6 +5,12 @@ from the export registry, so every format whose back-end can run here works (ONN
 onnxruntime, TFLite via LiteRT). Tokenizer, schedulers and image helpers are the numpy
 ones of ``bksdm_edge.runtime``; the loop mirrors diffusers' ``StableDiffusionPipeline``
 so that the same initial latents give the same image.
+
+A bundle whose U-Net embeds the guidance scale (an LCM student: the manifest's
+``guidance_embedding``) runs as diffusers' ``LatentConsistencyModelPipeline`` does: one
+U-Net row per step (no negative branch), ``timestep_cond`` = the embedding of
+guidance - 1. Every random number (initial latents, a stochastic scheduler's noise)
+comes from one ``NoiseStream`` of the seed, as the Kotlin engine draws them.
 """
 
 from __future__ import annotations
@@ -19,8 +25,15 @@ from .errors import BksdmError
 from .export.bundle import verify_bundle
 from .export.registry import get_target
 from .export.tensor_io import from_runner_outputs, tensor_info_from_json, to_runner_inputs
-from .runtime import ClipTokenizer, classifier_free_guidance, decoder_output_to_rgb, gaussian_noise, latents_for_decoder
-from .runtime import scheduler_from_config
+from .runtime import (
+    ClipTokenizer,
+    NoiseStream,
+    classifier_free_guidance,
+    decoder_output_to_rgb,
+    embedded_guidance,
+    latents_for_decoder,
+    scheduler_from_config,
+)
 
 
 @dataclass
@@ -73,6 +86,8 @@ class BundlePipeline:
                 [tensor_info_from_json(t) for t in entry["outputs"]],
             )
         self.tokenizer = ClipTokenizer.from_bundle(self.root, self.manifest["tokenizer"])
+        # LCM students take the guidance scale as an input instead of a second (negative) U-Net row.
+        self.guidance_embedding = self.manifest.get("guidance_embedding")
 
     def latent_shape(self) -> tuple[int, ...]:
         img = self.manifest["image"]
@@ -84,7 +99,7 @@ class BundlePipeline:
         prompt: str,
         *,
         negative_prompt: str = "",
-        steps: int = 25,
+        steps: int | None = None,
         guidance: float = 7.5,
         seed: int = 0,
         scheduler: str | None = None,
@@ -94,29 +109,41 @@ class BundlePipeline:
         """Generate one image.
 
         Args:
-            prompt, negative_prompt: text (the negative prompt is the unconditional branch of CFG).
-            steps: denoising steps. guidance: CFG scale (<= 1 disables CFG, as in diffusers).
-            seed: seed of the portable Gaussian noise (``runtime.noise``) used when ``latents`` is None.
-            scheduler: ``pndm``, ``ddim``, ``euler``, ``dpm++`` or None for the bundle's own.
+            prompt, negative_prompt: text (the negative prompt is the unconditional branch of CFG; an LCM bundle
+                has none and refuses one).
+            steps: denoising steps (None: the scheduler's default, 25; LCM 4). guidance: CFG scale (<= 1 disables CFG, as in diffusers); for an LCM bundle
+                the guidance scale its U-Net embeds (as ``LatentConsistencyModelPipeline``'s ``guidance_scale``).
+            seed: seed of the portable noise stream (``runtime.noise``): the initial latents when ``latents`` is
+                None, then the noise a stochastic scheduler (``lcm``) draws between steps.
+            scheduler: ``pndm``, ``ddim``, ``euler``, ``dpm++``, ``lcm`` or None for the bundle's own.
             latents: initial noise (1, C, h, w), before multiplying by the scheduler's init sigma
                 (diffusers' ``latents=`` argument).
         Returns (image HWC uint8, the initial latents used).
         """
         m = self.manifest
         te, unet, dec = (self.components[c] for c in ("text_encoder", "unet", "vae_decoder"))
-        cfg = guidance > 1.0
+        embedded = self.guidance_embedding is not None
+        if embedded and negative_prompt:
+            raise BksdmError("this bundle's U-Net embeds the guidance scale (a latent consistency model): it has no "
+                             "negative branch, so a negative prompt cannot be used; drop --negative-prompt")
+        cfg = guidance > 1.0 and not embedded
         # 1. Text embeddings: [negative, prompt] rows, as diffusers concatenates them.
         texts = [negative_prompt, prompt] if cfg else [prompt]
         ids = np.array([self.tokenizer.encode(t) for t in texts], dtype=np.int64)
         embeds = te(ids)
-        # 2. Initial latents.
+        extra = (np.repeat(embedded_guidance(self.guidance_embedding, guidance), len(texts), axis=0),) if embedded else ()
+        # 2. Initial latents, then the scheduler's noise, from one stream (diffusers: one generator).
+        noise = NoiseStream(seed)
         if latents is None:
-            latents = gaussian_noise(seed, self.latent_shape())
+            latents = noise.normal(self.latent_shape())
         latents = np.asarray(latents, dtype=np.float32)
         if latents.shape != self.latent_shape():
             raise BksdmError(f"initial latents have shape {latents.shape}, this bundle needs {self.latent_shape()}")
         sched = scheduler_from_config(m["scheduler"], scheduler)
-        sched.set_timesteps(steps)
+        try:
+            sched.set_timesteps(steps or sched.default_steps)
+        except ValueError as err:
+            raise BksdmError(f"--steps {steps}: {err}") from err
         x = latents * np.float32(sched.init_noise_sigma)
         # 3. Denoising loop.
         timesteps = list(sched.timesteps)
@@ -128,9 +155,9 @@ class BundlePipeline:
             model_in = np.concatenate([x] * len(texts))
             model_in = sched.scale_model_input(model_in, t)
             tt = np.full((len(texts),), t, dtype=np.float32)
-            noise = unet(model_in, tt, embeds)
-            noise = classifier_free_guidance(noise[:1], noise[1:], guidance) if cfg else noise
-            x = sched.step(noise, t, x)
+            pred = unet(model_in, tt, embeds, *extra)
+            pred = classifier_free_guidance(pred[:1], pred[1:], guidance) if cfg else pred
+            x = sched.step(pred, t, x, generator=noise)
         # 4. Decode.
         z = latents_for_decoder(x, m["latent_scaling_factor"], m.get("vae_decoder_input_scaled", False))
         image = dec(z)

@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
+from bksdm_edge.runtime.noise import NoiseStream
 from bksdm_edge.runtime.schedulers import SCHEDULERS, scheduler_from_config
 
 diffusers = pytest.importorskip("diffusers")
@@ -40,6 +41,7 @@ REFERENCE = {
     "ddim": "DDIMScheduler",
     "euler": "EulerDiscreteScheduler",
     "dpm++": "DPMSolverMultistepScheduler",
+    "lcm": "LCMScheduler",
 }
 STEPS = (1, 2, 10, 25, 50)
 # Relative to the sample's scale: diffusers rounds its scalar coefficients to float32 and we
@@ -58,8 +60,23 @@ def _pair(name: str, config: dict):
     return ours, ref
 
 
+@pytest.fixture
+def shared_noise(monkeypatch):
+    """Make diffusers' LCMScheduler draw its re-noising noise from a NoiseStream, so both sides get the same."""
+    import diffusers.schedulers.scheduling_lcm as lcm
+
+    streams = {}
+
+    def draw(shape, generator=None, device=None, dtype=None, layout=None):
+        return torch.from_numpy(streams["ref"].normal(tuple(shape))).to(dtype)
+
+    monkeypatch.setattr(lcm, "randn_tensor", draw)
+    return streams
+
+
 def test_registry_names():
     assert sorted(SCHEDULERS) == sorted(REFERENCE)
+    assert all(cls.name == name for name, cls in SCHEDULERS.items())
     assert type(scheduler_from_config(SD_V1)).__name__ == "PNDMScheduler"
 
 
@@ -81,11 +98,13 @@ def test_timesteps_and_sigmas_match_diffusers(name, config_name):
 
 @pytest.mark.parametrize("config_name", sorted(CONFIGS))
 @pytest.mark.parametrize("name", sorted(REFERENCE))
-def test_denoising_loop_matches_diffusers(name, config_name):
+def test_denoising_loop_matches_diffusers(name, config_name, shared_noise):
     for steps in STEPS:
         ours, ref = _pair(name, CONFIGS[config_name])
         ours.set_timesteps(steps)
         ref.set_timesteps(steps)
+        generator = NoiseStream(steps)
+        shared_noise["ref"] = NoiseStream(steps)
         rng = np.random.default_rng(1000 * steps + len(name))
         sample = (rng.standard_normal((1, 4, 8, 8)) * ours.init_noise_sigma).astype(np.float32)
         ref_sample = torch.from_numpy(sample.copy())
@@ -96,10 +115,37 @@ def test_denoising_loop_matches_diffusers(name, config_name):
             # A model output that depends on its input, so errors would feed back as in real use.
             noise = rng.standard_normal(sample.shape).astype(np.float32)
             model_out = (0.5 * x_in + noise).astype(np.float32)
-            sample = ours.step(model_out, ours.timesteps[k], sample)
+            sample = ours.step(model_out, ours.timesteps[k], sample, generator=generator)
             ref_sample = ref.step(torch.from_numpy(model_out.copy()), t, ref_sample).prev_sample
             assert sample.dtype == np.float32
             _assert_close(sample, ref_sample.numpy(), f"{steps} steps, step {k} (t={int(t)})")
+
+
+def test_lcm_schedule_of_a_distillation_with_other_solver_steps():
+    config = {**SD_V1, "_class_name": "LCMScheduler", "original_inference_steps": 25, "timestep_scaling": 10.0}
+    for steps in (1, 2, 4, 8, 25):
+        ours, ref = scheduler_from_config(config), diffusers.LCMScheduler.from_config(config)
+        ours.set_timesteps(steps)
+        ref.set_timesteps(steps)
+        np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy())
+    with pytest.raises(ValueError, match="1..25"):
+        scheduler_from_config(config).set_timesteps(26)
+    s = scheduler_from_config(config)
+    s.set_timesteps(2)
+    assert s.draws_noise and not scheduler_from_config(SD_V1).draws_noise
+    x = np.zeros((1, 4, 2, 2), np.float32)
+    with pytest.raises(ValueError, match="NoiseStream"):
+        s.step(x, s.timesteps[0], x)  # a step before the last re-noises: it needs the generator
+
+
+def test_noise_stream_continues_the_initial_noise():
+    from bksdm_edge.runtime.noise import gaussian_noise
+
+    whole = gaussian_noise(7, (23,))
+    stream = NoiseStream(7)
+    parts = [stream.normal((5,)), stream.normal((1,)), stream.normal((2, 4)), stream.normal((9,))]
+    np.testing.assert_array_equal(np.concatenate([p.reshape(-1) for p in parts]), whole)
+    assert stream.position == 23
 
 
 def test_unsupported_config_lists_every_problem():
@@ -120,3 +166,24 @@ def test_step_before_set_timesteps_raises():
     x = np.zeros((1, 4, 2, 2), np.float32)
     with pytest.raises(RuntimeError, match="set_timesteps"):
         s.step(x, 1, x)
+
+
+def test_guidance_embedding_matches_diffusers():
+    """diffusers computes exp in float32 1 ulp off the correctly rounded value at one of 128 frequencies; the
+    runtime (and the Kotlin engine) round correctly, so one component differs by up to ~1e-3 at w = 15."""
+    from diffusers import LatentConsistencyModelPipeline
+
+    from bksdm_edge.runtime.image import embedded_guidance, guidance_scale_embedding
+
+    for g in (1.0, 2.0, 4.0, 8.5, 16.0):
+        for dim in (256, 64, 7):
+            ours = guidance_scale_embedding(g - 1, dim)
+            ref = LatentConsistencyModelPipeline.get_guidance_scale_embedding(
+                None, torch.tensor(g - 1).repeat(1), embedding_dim=dim).numpy()
+            assert ours.shape == ref.shape == (1, dim) and ours.dtype == np.float32
+            diff = np.abs(ours - ref)
+            assert diff.max() <= 1.5e-3 and (diff > 1e-6).sum() <= 2 * (dim // 128 + 1), (g, dim, diff.max())
+    spec = {"input": "timestep_cond", "dim": 16, "w": "guidance_scale - 1", "scale": 1000.0, "max_period": 10000.0}
+    np.testing.assert_array_equal(embedded_guidance(spec, 8.0), guidance_scale_embedding(7.0, 16))
+    with pytest.raises(NotImplementedError, match="guidance_scale"):
+        embedded_guidance({**spec, "w": "guidance_scale"}, 8.0)

@@ -4,24 +4,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SCHEDULER_NAMES = ("pndm", "ddim", "euler", "dpm++")  # bksdm_edge.runtime.SCHEDULERS (not imported: keep --help fast)
 
 
 def register(subparsers) -> None:
+    from ..runtime.schedulers import SCHEDULERS  # numpy only: --help stays fast
+
+    default_steps = ", ".join(f"{name} {cls.default_steps}" for name, cls in SCHEDULERS.items())
     p = subparsers.add_parser(
         "generate",
         help="generate an image from a bundle (onnxruntime/LiteRT + numpy; no PyTorch)",
         description="Verifies the bundle's hashes, then runs text encoder, denoising loop (classifier-free "
         "guidance) and VAE decoder. With the same initial latents (--latents-in) it reproduces diffusers' "
-        "StableDiffusionPipeline on the source model.",
+        "StableDiffusionPipeline on the source model. A latent consistency (LCM) bundle runs as diffusers' "
+        "LatentConsistencyModelPipeline: its U-Net embeds --guidance, one U-Net call per step, no negative prompt.",
     )
     p.add_argument("--bundle", required=True, type=Path, help="bundle folder written by `bksdm-edge export`")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default="")
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=7.5, help="CFG scale; <= 1 disables guidance")
-    p.add_argument("--seed", type=int, default=0, help="seed of the portable noise generator (same as the app)")
-    p.add_argument("--scheduler", choices=SCHEDULER_NAMES, help="default: the bundle's scheduler")
+    p.add_argument("--steps", type=int, help=f"denoising steps (default per scheduler: {default_steps})")
+    p.add_argument("--guidance", type=float, default=7.5,
+                   help="CFG scale; <= 1 disables guidance. LCM bundles: the guidance scale the U-Net embeds")
+    p.add_argument("--seed", type=int, default=0, help="seed of the portable noise stream: initial latents, then the "
+                   "lcm scheduler's noise (same as the app)")
+    p.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="default: the bundle's scheduler")
     p.add_argument("--latents-in", type=Path, help=".npy initial latents (1, C, h, w) instead of seeded noise")
     p.add_argument("--latents-out", type=Path, help="save the initial latents used to this .npy")
     p.add_argument("--out", required=True, type=Path, help="output PNG")

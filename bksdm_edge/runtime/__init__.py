@@ -6,18 +6,27 @@ Kotlin engine in ``android_demo/engine`` mirrors these modules; the golden vecto
 written by :mod:`bksdm_edge.runtime.golden` keep the two in step.
 """
 
-from bksdm_edge.runtime.image import classifier_free_guidance, decoder_output_to_rgb, latents_for_decoder
-from bksdm_edge.runtime.noise import gaussian_noise
+from bksdm_edge.runtime.image import (
+    classifier_free_guidance,
+    decoder_output_to_rgb,
+    embedded_guidance,
+    guidance_scale_embedding,
+    latents_for_decoder,
+)
+from bksdm_edge.runtime.noise import NoiseStream, gaussian_noise
 from bksdm_edge.runtime.schedulers import SCHEDULERS, Scheduler, scheduler_from_config
 from bksdm_edge.runtime.tokenizer import ClipTokenizer
 
 __all__ = [
     "SCHEDULERS",
     "ClipTokenizer",
+    "NoiseStream",
     "Scheduler",
     "classifier_free_guidance",
     "decoder_output_to_rgb",
+    "embedded_guidance",
     "gaussian_noise",
+    "guidance_scale_embedding",
     "latents_for_decoder",
     "scheduler_from_config",
 ]

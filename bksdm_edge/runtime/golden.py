@@ -9,9 +9,12 @@
   order, so BPE over the subset takes exactly the same merges as over the full files;
 - ``schedulers.json``: for each scheduler and config, timesteps, sigmas, the alpha
   products at the timesteps and init_noise_sigma for 1, 2, 10, 25 and 50 steps, and
-  full runs (1 and 10 steps) on seeded inputs with every intermediate sample;
-- ``image.json``: classifier-free guidance, latent unscaling, decoder output -> RGB,
-  and the portable Gaussian noise.
+  full runs (1 and 10 steps) on seeded inputs with every intermediate sample; a
+  scheduler that draws noise (LCM) takes it from ``NoiseStream(noise_seed)``; LCM also
+  runs on the config of a distillation with 25 solver steps (1, 2, 4, 8 steps);
+- ``image.json``: classifier-free guidance, the LCM guidance embedding, latent
+  unscaling, decoder output -> RGB, and the portable Gaussian noise (also drawn in
+  consecutive pieces of one stream).
 
 Floats are written as the shortest decimal that round-trips their float32 value, so
 the files are byte-for-byte reproducible and small. Regenerate them into
@@ -30,8 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from bksdm_edge.runtime.image import classifier_free_guidance, decoder_output_to_rgb, latents_for_decoder
-from bksdm_edge.runtime.noise import gaussian_noise
+from bksdm_edge.runtime.image import (
+    classifier_free_guidance,
+    decoder_output_to_rgb,
+    guidance_scale_embedding,
+    latents_for_decoder,
+)
+from bksdm_edge.runtime.noise import NoiseStream, gaussian_noise
 from bksdm_edge.runtime.schedulers import SCHEDULERS, scheduler_from_config
 from bksdm_edge.runtime.tokenizer import ClipTokenizer
 from bksdm_edge.tokenizer_files import write_clip_tokenizer_files
@@ -87,6 +95,13 @@ SCHEDULER_CONFIGS = {
 TIMESTEP_STEPS = (1, 2, 10, 25, 50)
 RUN_STEPS = (1, 10)
 RUN_SHAPE = (1, 4, 2, 2)
+# The LCMScheduler a `distill --objective lcm --num-ddim-timesteps 25` run writes (only LCM reads these keys).
+LCM_CONFIGS = {
+    "lcm-ddim25": {**SD_V1_SCHEDULER, "_class_name": "LCMScheduler", "original_inference_steps": 25,
+                   "timestep_scaling": 10.0, "set_alpha_to_one": True},
+}
+LCM_TIMESTEP_STEPS = (1, 2, 4, 8)
+LCM_RUN_STEPS = (1, 4)
 
 
 def _f(x: float) -> float:
@@ -130,8 +145,12 @@ def tokenizer_golden(tmp_dir: Path) -> tuple[str, str, str]:
     return _dump(header, cases), vocab_text, merges_text
 
 
+def _config(config_name: str) -> dict[str, Any]:
+    return {**SCHEDULER_CONFIGS, **LCM_CONFIGS}[config_name]
+
+
 def _schedule_case(name: str, config_name: str, steps: int) -> dict[str, Any]:
-    s = scheduler_from_config(SCHEDULER_CONFIGS[config_name], name)
+    s = scheduler_from_config(_config(config_name), name)
     s.set_timesteps(steps)
     case = {
         "scheduler": name,
@@ -147,8 +166,9 @@ def _schedule_case(name: str, config_name: str, steps: int) -> dict[str, Any]:
 
 
 def _run_case(name: str, config_name: str, steps: int, seed: int) -> dict[str, Any]:
-    s = scheduler_from_config(SCHEDULER_CONFIGS[config_name], name)
+    s = scheduler_from_config(_config(config_name), name)
     s.set_timesteps(steps)
+    generator = NoiseStream(seed) if s.draws_noise else None
     rng = np.random.default_rng(seed)
     sample = (rng.standard_normal(RUN_SHAPE) * s.init_noise_sigma).astype(np.float32)
     case: dict[str, Any] = {
@@ -158,6 +178,7 @@ def _run_case(name: str, config_name: str, steps: int, seed: int) -> dict[str, A
         "shape": list(RUN_SHAPE),
         "initial_sample": _floats(sample),
         "timesteps": [_f(t) if s.timesteps.dtype.kind == "f" else int(t) for t in s.timesteps],
+        **({"noise_seed": str(seed)} if generator is not None else {}),
         "model_outputs": [],
         "model_inputs": [],
         "samples": [],
@@ -165,7 +186,7 @@ def _run_case(name: str, config_name: str, steps: int, seed: int) -> dict[str, A
     for t in s.timesteps:
         x_in = s.scale_model_input(sample, t)
         model_out = rng.standard_normal(RUN_SHAPE).astype(np.float32)
-        sample = s.step(model_out, t, sample)
+        sample = s.step(model_out, t, sample, generator=generator)
         case["model_inputs"].append(_floats(x_in))
         case["model_outputs"].append(_floats(model_out))
         case["samples"].append(_floats(sample))
@@ -182,7 +203,12 @@ def schedulers_golden() -> str:
             for steps in RUN_STEPS:
                 seed = 7919 * steps + 31 * len(name) + len(config_name)
                 cases.append({"kind": "run", **_run_case(name, config_name, steps, seed)})
-    header = {"format_version": FORMAT_VERSION, "configs": SCHEDULER_CONFIGS}
+    for config_name in LCM_CONFIGS:
+        for steps in LCM_TIMESTEP_STEPS:
+            cases.append({"kind": "schedule", **_schedule_case("lcm", config_name, steps)})
+        for steps in LCM_RUN_STEPS:
+            cases.append({"kind": "run", **_run_case("lcm", config_name, steps, 104729 + steps)})
+    header = {"format_version": FORMAT_VERSION, "configs": {**SCHEDULER_CONFIGS, **LCM_CONFIGS}}
     return _dump(header, cases)
 
 
@@ -197,6 +223,11 @@ def image_golden() -> str:
         out = classifier_free_guidance(uncond, cond, g)
         cases.append({"kind": "cfg", "guidance_scale": g, "uncond": _floats(uncond), "cond": _floats(cond),
                       "out": _floats(out)})
+
+    # LCM guidance embeddings: w = guidance_scale - 1, the U-Net's time_cond_proj_dim (odd: zero-padded).
+    for w, dim in ((0.0, 8), (3.0, 256), (7.5, 256), (15.0, 256), (1.25, 7)):
+        cases.append({"kind": "guidance_embedding", "w": w, "dim": dim,
+                      "out": _floats(guidance_scale_embedding(w, dim))})
 
     latents = rng.standard_normal((1, 4, 2, 2)).astype(np.float32)
     for scaled in (False, True):
@@ -215,6 +246,10 @@ def image_golden() -> str:
     for seed, shape in ((0, (1, 4, 2, 2)), (42, (7,)), (2**63 + 12345, (1, 4, 2, 2))):
         cases.append({"kind": "noise", "seed": str(seed), "shape": list(shape),
                       "out": _floats(gaussian_noise(seed, shape))})
+    # One stream drawn in pieces (odd sizes cut Box-Muller pairs): initial latents, then per-step noise.
+    stream, sizes = NoiseStream(2024), (5, 1, 8, 3)
+    cases.append({"kind": "noise_stream", "seed": "2024", "sizes": list(sizes),
+                  "out": [_floats(stream.normal((n,))) for n in sizes]})
     return _dump({"format_version": FORMAT_VERSION}, cases)
 
 

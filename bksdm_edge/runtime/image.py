@@ -1,4 +1,4 @@
-"""Latent / image conversions and classifier-free guidance, in numpy.
+"""Latent / image conversions, classifier-free guidance and the LCM guidance embedding, in numpy.
 
 Everything is float32, as in diffusers, so that the Kotlin engine (which also
 works in float32 here) gives bit-identical RGB values.
@@ -23,6 +23,49 @@ def classifier_free_guidance(uncond: np.ndarray, cond: np.ndarray, guidance_scal
         raise ValueError(f"uncond {uncond.shape} and cond {cond.shape} differ in shape")
     u = uncond.astype(np.float32, copy=False)
     return u + np.float32(guidance_scale) * (cond.astype(np.float32, copy=False) - u)
+
+
+def guidance_scale_embedding(w, dim: int) -> np.ndarray:
+    """The sinusoidal embedding an LCM U-Net takes as ``timestep_cond``, (len(w), dim) float32.
+
+    diffusers' ``LatentConsistencyModelPipeline.get_guidance_scale_embedding``, op for op in float32:
+    with f_i = exp(-i·ln(10000)/(dim/2 - 1)) for i < dim/2, the row of w is
+    [sin(1000·w·f_i)..., cos(1000·w·f_i)...], zero-padded to an odd ``dim``. The pipeline embeds
+    w = guidance_scale - 1 (the LCM paper's CFG convention). exp, sin and cos are evaluated in float64
+    and rounded (correctly rounded float32, which torch's kernels match to 1 ulp and Kotlin's
+    ``Math`` reproduces); products stay float32 as in torch.
+
+    Args:
+        w: one value or a 1-D array of values (LCM convention: guidance_scale - 1).
+        dim: the U-Net's ``time_cond_proj_dim``.
+    """
+    scaled = np.asarray(w, dtype=np.float32).reshape(-1) * np.float32(1000.0)
+    half = dim // 2
+    step = np.log(np.float32(10000.0)) / np.float32(half - 1)
+    freq = np.exp((np.arange(half, dtype=np.float32) * -step).astype(np.float64)).astype(np.float32)
+    angles = (scaled[:, None] * freq[None, :]).astype(np.float64)
+    emb = np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(np.float32)
+    if dim % 2:
+        emb = np.pad(emb, ((0, 0), (0, 1)))
+    return emb.astype(np.float32, copy=False)
+
+
+# The manifest's ``guidance_embedding`` section (docs/bundle_format.md): what the runtime ports.
+GUIDANCE_EMBEDDING_PORTED = {"w": "guidance_scale - 1", "scale": 1000.0, "max_period": 10000.0}
+
+
+def embedded_guidance(spec: dict, guidance_scale: float) -> np.ndarray:
+    """The ``timestep_cond`` input (1, dim) of an LCM U-Net asked for ``guidance_scale``.
+
+    Args:
+        spec: the manifest's ``guidance_embedding`` section (``input``, ``dim``, ``w``, ``scale``, ``max_period``).
+        guidance_scale: diffusers' guidance scale (the CFG scale the student imitates).
+    """
+    problems = [f"{k}={spec.get(k)!r} (only {v!r} is ported)" for k, v in GUIDANCE_EMBEDDING_PORTED.items()
+                if spec.get(k, v) != v]
+    if problems:
+        raise NotImplementedError("guidance_embedding: unsupported " + "; ".join(problems))
+    return guidance_scale_embedding(guidance_scale - 1.0, int(spec["dim"]))
 
 
 def latents_for_decoder(latents: np.ndarray, scaling_factor: float, decoder_input_scaled: bool = False) -> np.ndarray:

@@ -6,6 +6,10 @@ it: keys the class knows override its own defaults, other keys are ignored. Valu
 that would select an unported code path (Karras sigmas, thresholding, SDE solvers,
 ...) raise ``NotImplementedError`` listing every offending key.
 
+Stochastic schedulers (LCM re-noises between steps) draw their noise from the
+``generator`` passed to ``step``: a ``runtime.noise.NoiseStream``, the portable
+stand-in for diffusers' ``torch.Generator``; the deterministic ones ignore it.
+
 Precision follows diffusers where it is observable: the beta / alpha tables are
 float32 (the cumulative product is taken in float64 and rounded, as torch does),
 sigma tables are rounded to float32, samples stay float32; scalar coefficients
@@ -18,6 +22,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
+
+from .noise import NoiseStream
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -57,14 +63,17 @@ class Scheduler:
     """Base class: config handling and the diffusers-like API.
 
     Subclasses set ``name`` (registry key), ``class_name`` (diffusers' ``_class_name``),
-    ``defaults`` (their constructor defaults) and ``unsupported`` (key -> the only
-    value that is ported).
+    ``defaults`` (their constructor defaults), ``unsupported`` (key -> the only
+    value that is ported), ``draws_noise`` (``step`` needs a generator) and
+    ``default_steps`` (the step count a caller gets when it names none).
     """
 
     name: ClassVar[str]
     class_name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]]
     unsupported: ClassVar[dict[str, Any]] = {}
+    draws_noise: ClassVar[bool] = False
+    default_steps: ClassVar[int] = 25
 
     def __init__(self, config: dict[str, Any] | None = None):
         cfg = dict(self.defaults)
@@ -95,7 +104,9 @@ class Scheduler:
         """Scale the denoiser input for ``timestep`` (identity unless overridden)."""
         return sample
 
-    def step(self, model_output: np.ndarray, timestep: float, sample: np.ndarray) -> np.ndarray:
+    def step(self, model_output: np.ndarray, timestep: float, sample: np.ndarray,
+             generator: NoiseStream | None = None) -> np.ndarray:
+        """x_{t-1} from the model output at ``timestep``; ``generator`` feeds schedulers that draw noise."""
         raise NotImplementedError
 
     def _check_ready(self) -> None:
@@ -154,7 +165,8 @@ class PNDMScheduler(Scheduler):
         self._counter = 0
         self._cur_sample: np.ndarray | None = None
 
-    def step(self, model_output: np.ndarray, timestep: float, sample: np.ndarray) -> np.ndarray:
+    def step(self, model_output: np.ndarray, timestep: float, sample: np.ndarray,
+             generator: NoiseStream | None = None) -> np.ndarray:
         """One PLMS step; the first two calls together form a second-order (Heun-like) step."""
         self._check_ready()
         timestep = int(timestep)
@@ -219,7 +231,8 @@ class DDIMScheduler(Scheduler):
         self.num_inference_steps = num_inference_steps
         self.timesteps = _spaced_steps(self.config, num_inference_steps).round().astype(np.int64)
 
-    def step(self, model_output: np.ndarray, timestep: float, sample: np.ndarray) -> np.ndarray:
+    def step(self, model_output: np.ndarray, timestep: float, sample: np.ndarray,
+             generator: NoiseStream | None = None) -> np.ndarray:
         """x_{t-1} from the predicted x_0 and the predicted noise (formula 12 of the DDIM paper, eta=0)."""
         self._check_ready()
         cfg = self.config
@@ -240,8 +253,8 @@ class DDIMScheduler(Scheduler):
         return (a_prev**0.5 * pred_x0 + (1.0 - a_prev) ** 0.5 * pred_eps).astype(np.float32)
 
 
-class _SigmaScheduler(Scheduler):
-    """Shared step-index bookkeeping of the sigma-based (k-diffusion style) schedulers."""
+class _StepIndexScheduler(Scheduler):
+    """Shared step-index bookkeeping of the sigma-based (k-diffusion style) schedulers and LCM."""
 
     sigmas: np.ndarray
 
@@ -261,7 +274,7 @@ class _SigmaScheduler(Scheduler):
         return self._step_index
 
 
-class EulerDiscreteScheduler(_SigmaScheduler):
+class EulerDiscreteScheduler(_StepIndexScheduler):
     """Euler discrete (k-diffusion's ``sample_euler`` without churn)."""
 
     name = "euler"
@@ -321,7 +334,8 @@ class EulerDiscreteScheduler(_SigmaScheduler):
         sigma = float(self.sigmas[self._current_index(timestep)])
         return (sample / ((sigma**2 + 1) ** 0.5)).astype(np.float32)
 
-    def step(self, model_output: np.ndarray, timestep: float, sample: np.ndarray) -> np.ndarray:
+    def step(self, model_output: np.ndarray, timestep: float, sample: np.ndarray,
+             generator: NoiseStream | None = None) -> np.ndarray:
         """One Euler step from sigma_i to sigma_{i+1}."""
         self._check_ready()
         i = self._current_index(timestep)
@@ -336,7 +350,7 @@ class EulerDiscreteScheduler(_SigmaScheduler):
         return (sample + derivative * dt).astype(np.float32)
 
 
-class DPMSolverMultistepScheduler(_SigmaScheduler):
+class DPMSolverMultistepScheduler(_StepIndexScheduler):
     """DPM-Solver++ (2M by default): ``algorithm_type='dpmsolver++'``, solver order 1 or 2."""
 
     name = "dpm++"
@@ -431,7 +445,8 @@ class DPMSolverMultistepScheduler(_SigmaScheduler):
         with np.errstate(divide="ignore"):
             return float(np.log(alpha) - np.log(sigma))
 
-    def step(self, model_output: np.ndarray, timestep: float, sample: np.ndarray) -> np.ndarray:
+    def step(self, model_output: np.ndarray, timestep: float, sample: np.ndarray,
+             generator: NoiseStream | None = None) -> np.ndarray:
         """One multistep update: first order at the start (and end), second order in between."""
         self._check_ready()
         cfg = self.config
@@ -478,8 +493,95 @@ class DPMSolverMultistepScheduler(_SigmaScheduler):
         return prev.astype(np.float32)
 
 
+class LCMScheduler(_StepIndexScheduler):
+    """The latent consistency models' multistep sampler (diffusers' ``LCMScheduler``).
+
+    Timesteps are ``num_inference_steps`` evenly spaced picks (by index) from the distillation's
+    solver schedule skip·(1..original_inference_steps) - 1, descending. Each step maps the sample to
+    the consistency function's estimate of x_0 (boundary scalings c_skip, c_out) and, except at the
+    last step, re-noises it to the next timestep with noise drawn from ``generator``.
+    """
+
+    name = "lcm"
+    class_name = "LCMScheduler"
+    defaults = {
+        **_COMMON_DEFAULTS,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "original_inference_steps": 50,
+        "clip_sample": False,
+        "clip_sample_range": 1.0,
+        "set_alpha_to_one": True,
+        "thresholding": False,
+        "timestep_spacing": "leading",
+        "timestep_scaling": 10.0,
+        "rescale_betas_zero_snr": False,
+    }
+    unsupported = {"thresholding": False, "rescale_betas_zero_snr": False}
+    draws_noise = True
+    default_steps = 4
+    sigma_data = 0.5
+
+    def __init__(self, config: dict[str, Any] | None = None):
+        super().__init__(config)
+        self._step_index: int | None = None
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        """Pick ``num_inference_steps`` timesteps from the solver schedule of ``original_inference_steps``."""
+        cfg = self.config
+        total, original = cfg["num_train_timesteps"], int(cfg["original_inference_steps"])
+        if original > total:
+            raise ValueError(f"original_inference_steps {original} > num_train_timesteps {total}")
+        if not 1 <= num_inference_steps <= original:
+            raise ValueError(f"num_inference_steps must be 1..{original} (the original_inference_steps the model "
+                             f"was distilled with), got {num_inference_steps}")
+        origin = (np.arange(1, original + 1) * (total // original) - 1)[::-1]
+        picks = np.floor(np.linspace(0, len(origin), num=num_inference_steps, endpoint=False)).astype(np.int64)
+        self.timesteps = origin[picks].astype(np.int64)
+        self.num_inference_steps = num_inference_steps
+        self._step_index = None
+
+    def boundary_scalings(self, timestep: int) -> tuple[float, float]:
+        """(c_skip, c_out) of the consistency parameterisation at ``timestep``."""
+        scaled = timestep * self.config["timestep_scaling"]
+        c_skip = self.sigma_data**2 / (scaled**2 + self.sigma_data**2)
+        c_out = scaled / (scaled**2 + self.sigma_data**2) ** 0.5
+        return c_skip, c_out
+
+    def step(self, model_output: np.ndarray, timestep: float, sample: np.ndarray,
+             generator: NoiseStream | None = None) -> np.ndarray:
+        """The x_0 estimate at the last step; before it, that estimate re-noised to the next timestep."""
+        self._check_ready()
+        cfg = self.config
+        i = self._current_index(timestep)
+        timestep = int(timestep)
+        last = i == self.num_inference_steps - 1
+        prev_timestep = int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else timestep
+        a_t = self._alpha_cumprod_at(timestep)
+        a_prev = self._alpha_cumprod_at(prev_timestep)
+        b_t = 1.0 - a_t
+        c_skip, c_out = self.boundary_scalings(timestep)
+        if cfg["prediction_type"] == "epsilon":
+            pred_x0 = (sample - b_t**0.5 * model_output) / a_t**0.5
+        else:
+            pred_x0 = a_t**0.5 * sample - b_t**0.5 * model_output
+        if cfg["clip_sample"]:
+            r = cfg["clip_sample_range"]
+            pred_x0 = np.clip(pred_x0, -r, r)
+        denoised = (c_out * pred_x0 + c_skip * sample).astype(np.float32)
+        self._step_index = i + 1
+        if last:
+            return denoised
+        if generator is None:
+            raise ValueError("LCMScheduler re-noises between steps: pass generator=NoiseStream(seed) to step()")
+        noise = generator.normal(model_output.shape)
+        return (a_prev**0.5 * denoised + (1.0 - a_prev) ** 0.5 * noise).astype(np.float32)
+
+
 SCHEDULERS: dict[str, type[Scheduler]] = {
-    cls.name: cls for cls in (PNDMScheduler, DDIMScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler)
+    cls.name: cls
+    for cls in (PNDMScheduler, DDIMScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler, LCMScheduler)
 }
 _BY_CLASS_NAME = {cls.class_name: cls for cls in SCHEDULERS.values()}
 
@@ -489,7 +591,7 @@ def scheduler_from_config(config: dict[str, Any], name: str | None = None) -> Sc
 
     Args:
         config: the dict of ``scheduler_config.json`` / the manifest's ``scheduler`` section.
-        name: a registry key (``pndm``, ``ddim``, ``euler``, ``dpm++``) to swap the scheduler
+        name: a registry key (``pndm``, ``ddim``, ``euler``, ``dpm++``, ``lcm``) to swap the scheduler
             class while keeping the config's beta schedule, as ``OtherScheduler.from_config``
             does; ``None`` uses ``config['_class_name']``.
     """

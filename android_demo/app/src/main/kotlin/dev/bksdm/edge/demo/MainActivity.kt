@@ -132,7 +132,8 @@ class MainActivity : AppCompatActivity() {
             GenerationRequest(
                 prompt = prompt.text.toString(),
                 negativePrompt = negative.text.toString(),
-                steps = steps.text.toString().toInt().also { require(it in 1..200) { "steps must be 1..200" } },
+                // Empty: the scheduler's default (25; LCM 4).
+                steps = steps.text.toString().trim().let { if (it.isEmpty()) null else it.toInt().also { n -> require(n in 1..200) { "steps must be 1..200" } } },
                 guidanceScale = guidance.text.toString().toFloat(),
                 seed = seed.text.toString().toLong(),
                 scheduler = if (schedulerSpinner.selectedItemPosition == 0) null else Schedulers.NAMES[schedulerSpinner.selectedItemPosition - 1]
@@ -147,7 +148,7 @@ class MainActivity : AppCompatActivity() {
         worker.execute {
             try {
                 val model = ensureLoaded(dir, accelerator)
-                post { showStatus("Generating (${request.steps} steps)…") }
+                post { showStatus("Generating (${request.steps ?: "default"} steps)…") }
                 val result = model.pipeline.generate(request, { p ->
                     post {
                         progress.progress = 100 * p.step / p.totalSteps

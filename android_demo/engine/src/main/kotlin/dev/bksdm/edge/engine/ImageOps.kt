@@ -8,6 +8,26 @@ object ImageOps {
         for (i in out.indices) out[i] = uncond[i] + guidanceScale * (cond[i] - uncond[i])
     }
 
+    /**
+     * The LCM guidance embedding of [w] (= guidance_scale - 1) into [out] (its size is the U-Net's
+     * time_cond_proj_dim): sin then cos of 1000·w·f_i, f_i = exp(-i·ln(10000)/(dim/2 - 1)), zero-padded to an
+     * odd size. Products in float32, exp/sin/cos in double then rounded, as `runtime/image.py` does.
+     */
+    fun guidanceScaleEmbedding(w: Float, out: FloatArray) {
+        val dim = out.size
+        val half = dim / 2
+        require(half >= 2) { "guidance embedding size must be >= 4, is $dim" }
+        val scaled = w * 1000f
+        val step = Math.log(10000.0).toFloat() / (half - 1).toFloat()
+        for (i in 0 until half) {
+            val freq = Math.exp((i.toFloat() * -step).toDouble()).toFloat()
+            val angle = (scaled * freq).toDouble()
+            out[i] = Math.sin(angle).toFloat()
+            out[half + i] = Math.cos(angle).toFloat()
+        }
+        if (dim % 2 == 1) out[dim - 1] = 0f
+    }
+
     /** Undo the VAE latent scaling before the decoder unless the exported decoder does it. */
     fun latentsForDecoder(latents: FloatArray, scalingFactor: Double, decoderInputScaled: Boolean, out: FloatArray) {
         val s = scalingFactor.toFloat()
@@ -50,7 +70,8 @@ object ImageOps {
 
 /**
  * The portable seeded Gaussian of `bksdm_edge/runtime/noise.py`: SplitMix64 uniforms,
- * Box-Muller normals. The same seed gives the same latents here and in Python.
+ * Box-Muller normals (cosine first). A seed defines one endless stream of normals; the same
+ * seed gives the same latents (and the same LCM re-noising noise) here and in Python.
  */
 object Noise {
     private const val GOLDEN = -0x61c8864680b583ebL // 0x9E3779B97F4A7C15
@@ -68,18 +89,38 @@ object Noise {
 
     private fun uniform(seed: Long, k: Long): Double = (splitmix64(seed, k) ushr 11).toDouble() * TWO_POW_MINUS_53
 
-    /** Fill [out] with standard normal samples from [seed] (a 64-bit pattern; Python takes seed mod 2^64). */
-    fun gaussian(seed: Long, out: FloatArray) {
+    /** Fill [out] with the first normals of [seed]'s stream (a 64-bit pattern; Python takes seed mod 2^64). */
+    fun gaussian(seed: Long, out: FloatArray) = normals(seed, 0L, out)
+
+    /** Fill [out] with normals [start], [start] + 1, ... of [seed]'s stream. */
+    fun normals(seed: Long, start: Long, out: FloatArray) {
         var i = 0
-        var k = 1L
+        var j = start
         while (i < out.size) {
+            val k = 2 * (j / 2) + 1 // the pair's first (1-based) SplitMix64 output
             val u1 = 1.0 - uniform(seed, k)
             val u2 = uniform(seed, k + 1)
-            k += 2
             val radius = Math.sqrt(-2.0 * Math.log(u1))
             val angle = 2.0 * Math.PI * u2
-            out[i++] = (radius * Math.cos(angle)).toFloat()
-            if (i < out.size) out[i++] = (radius * Math.sin(angle)).toFloat()
+            if (j % 2 == 0L) {
+                out[i++] = (radius * Math.cos(angle)).toFloat()
+                j++
+                if (i == out.size) break
+            }
+            out[i++] = (radius * Math.sin(angle)).toFloat()
+            j++
         }
+    }
+}
+
+/** Consecutive normals of one seed's stream (Python's `NoiseStream`): initial latents, then scheduler noise. */
+class NoiseStream(val seed: Long) {
+    var position = 0L
+        private set
+
+    /** Fill [out] with the next [out].size normals. */
+    fun next(out: FloatArray) {
+        Noise.normals(seed, position, out)
+        position += out.size
     }
 }

@@ -46,6 +46,12 @@ class FileEntry(val sha256: String, val size: Long)
 
 class TokenizerSpec(val vocab: String, val merges: String, val maxLength: Int, val bosTokenId: Int, val eosTokenId: Int, val padTokenId: Int)
 
+/**
+ * The manifest's `guidance_embedding` (an LCM U-Net): the U-Net input [input] of width [dim] takes
+ * [ImageOps.guidanceScaleEmbedding] of guidance_scale - 1 instead of a negative branch.
+ */
+class GuidanceEmbeddingSpec(val input: String, val dim: Int)
+
 /** manifest.json, format_version 1 (docs/bundle_format.md). */
 class Manifest(
     val formatVersion: Int,
@@ -60,6 +66,8 @@ class Manifest(
     val vaeDecoderOutputRange: DoubleArray,
     val predictionType: String,
     val scheduler: Map<String, Any?>,
+    /** Non-null for a latent consistency model (its U-Net embeds the guidance scale). */
+    val guidanceEmbedding: GuidanceEmbeddingSpec?,
     val tokenizer: TokenizerSpec,
     val components: Map<String, ComponentSpec>,
     val files: Map<String, FileEntry>,
@@ -121,6 +129,9 @@ class Manifest(
             val prediction = root["prediction_type"] as? String ?: "epsilon"
             @Suppress("UNCHECKED_CAST")
             val source = root["source"] as? Map<String, Any?> ?: emptyMap()
+            @Suppress("UNCHECKED_CAST")
+            val ge = root["guidance_embedding"] as? Map<String, Any?>
+            val guidance = if (ge == null) null else parseGuidanceEmbedding(ge, components["unet"]!!)
             return Manifest(
                 version, root.string("format", "manifest"), root["precision"] as? String ?: "",
                 image.int("height", "image"), image.int("width", "image"),
@@ -128,8 +139,23 @@ class Manifest(
                 root.double("latent_scaling_factor", "manifest"),
                 root["vae_decoder_input_scaled"] == true,
                 doubleArrayOf(range[0] as Double, range[1] as Double),
-                prediction, root.obj("scheduler", "manifest"), tokenizer, components, files, source
+                prediction, root.obj("scheduler", "manifest"), guidance, tokenizer, components, files, source
             )
+        }
+
+        /** What this engine ports of the embedding (the Python runtime's GUIDANCE_EMBEDDING_PORTED). */
+        private val GUIDANCE_PORTED: Map<String, Any> = mapOf("w" to "guidance_scale - 1", "scale" to 1000.0, "max_period" to 10000.0)
+
+        private fun parseGuidanceEmbedding(ge: Map<String, Any?>, unet: ComponentSpec): GuidanceEmbeddingSpec {
+            val problems = GUIDANCE_PORTED.filter { (k, v) -> ge[k] != null && ge[k] != v }.map { (k, v) -> "$k=${ge[k]} (only $v is ported)" }
+            if (problems.isNotEmpty()) throw ManifestException("guidance_embedding: unsupported " + problems.joinToString("; "))
+            val spec = GuidanceEmbeddingSpec(ge.string("input", "guidance_embedding"), ge.int("dim", "guidance_embedding"))
+            val io = unet.inputs.firstOrNull { it.name == spec.input }
+                ?: throw ManifestException("guidance_embedding input '${spec.input}' is not an input of the unet (${unet.inputs.map { it.name }})")
+            if (io.shape.size != 2 || (io.shape[1] != null && io.shape[1] != spec.dim)) {
+                throw ManifestException("unet input '${spec.input}' has shape ${io.shape}, the guidance embedding needs [batch, ${spec.dim}]")
+            }
+            return spec
         }
 
         private fun parseIo(items: List<Any?>, where: String): List<IoSpec> {

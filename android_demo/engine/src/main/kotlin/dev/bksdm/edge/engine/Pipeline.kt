@@ -1,10 +1,14 @@
 package dev.bksdm.edge.engine
 
-/** What to generate. [scheduler] is a registry name (pndm, ddim, euler, dpm++) or null for the bundle's. */
+/**
+ * What to generate. [scheduler] is a registry name (pndm, ddim, euler, dpm++, lcm) or null for the bundle's;
+ * [steps] null takes the scheduler's default (25; LCM 4). For a latent consistency bundle [guidanceScale] is the
+ * scale its U-Net embeds and [negativePrompt] must stay empty (there is no negative branch).
+ */
 class GenerationRequest(
     val prompt: String,
     val negativePrompt: String = "",
-    val steps: Int = 25,
+    val steps: Int? = null,
     val guidanceScale: Float = 7.5f,
     val seed: Long = 0L,
     val scheduler: String? = null
@@ -39,7 +43,13 @@ class ModelInterfaceException(message: String) : Exception(message)
  * names, shapes, dtypes and layouts come from the manifest: the U-Net inputs are told
  * apart by rank (4-D sample, 0/1-D timestep, 3-D text embeddings). With guidance > 1
  * the U-Net runs on the unconditional and the conditional embeddings, batched when its
- * sample batch dimension is 2, as two calls when it is 1.
+ * sample batch dimension is 2, as two calls when it is 1. A latent consistency bundle
+ * (the manifest's `guidance_embedding`) instead feeds the embedded guidance scale to its
+ * 2-D `timestep_cond` input and runs one conditional row per step, as diffusers'
+ * LatentConsistencyModelPipeline does.
+ *
+ * Every random number comes from one [NoiseStream] of the seed: the initial latents first,
+ * then the noise a stochastic scheduler (LCM) draws between steps, as in Python.
  *
  * [memorySampler] (e.g. the app's native-heap + Java-heap reading) is sampled after each
  * model call to report peak memory.
@@ -60,6 +70,8 @@ class DiffusionPipeline(
     private val sampleSpec = unetSpec.inputs.singleOrNull { it.shape.size == 4 } ?: throw ModelInterfaceException("unet needs exactly one 4-D input (sample)")
     private val timestepSpec = unetSpec.inputs.singleOrNull { it.shape.size <= 1 } ?: throw ModelInterfaceException("unet needs exactly one 0-D/1-D input (timestep)")
     private val contextSpec = unetSpec.inputs.singleOrNull { it.shape.size == 3 } ?: throw ModelInterfaceException("unet needs exactly one 3-D input (encoder_hidden_states)")
+    private val guidanceSpec = manifest.guidanceEmbedding
+    private val condSpec = guidanceSpec?.let { g -> unetSpec.inputs.single { it.name == g.input } }
     private val unetOutName = unetSpec.outputs.firstOrNull()?.name ?: throw ModelInterfaceException("unet has no outputs")
     private val decInSpec = decSpec.inputs.singleOrNull { it.shape.size == 4 } ?: throw ModelInterfaceException("vae_decoder needs one 4-D input")
     private val decOutSpec = decSpec.outputs.firstOrNull() ?: throw ModelInterfaceException("vae_decoder has no outputs")
@@ -86,6 +98,8 @@ class DiffusionPipeline(
     private val unetContext = FloatArray(unetBatch * seqLen * hiddenDim)
     private val decoderIn = FloatArray(latentSize)
     private val decoderInModel = FloatArray(latentSize)
+    private val condRow = FloatArray(guidanceSpec?.dim ?: 0)
+    private val unetCond = FloatArray(unetBatch * condRow.size)
     private val pixels = IntArray(manifest.height * manifest.width)
     private val idsTensor: Tensor = when (idsSpec.dtype) {
         DType.INT32 -> IntTensor(intArrayOf(1, seqLen), IntArray(seqLen))
@@ -105,7 +119,7 @@ class DiffusionPipeline(
         ),
         timestepSpec.name to timestepTensor,
         contextSpec.name to FloatTensor(intArrayOf(unetBatch, seqLen, hiddenDim), unetContext)
-    )
+    ) + (if (condSpec == null) emptyMap() else mapOf(condSpec.name to FloatTensor(intArrayOf(unetBatch, condRow.size), unetCond)))
     private val decoderInputs: Map<String, Tensor> = mapOf(
         decInSpec.name to FloatTensor(if (decInNhwc) intArrayOf(1, h, w, c) else intArrayOf(1, c, h, w), decoderInModel)
     )
@@ -134,21 +148,30 @@ class DiffusionPipeline(
      * @param isCancelled polled before every step; true aborts with [GenerationCancelledException]
      */
     fun generate(request: GenerationRequest, onStep: ((StepProgress) -> Unit)? = null, isCancelled: (() -> Boolean)? = null): GenerationResult {
-        require(request.steps >= 1) { "steps must be >= 1" }
+        require(request.steps == null || request.steps >= 1) { "steps must be >= 1" }
+        val embedded = guidanceSpec != null
+        require(!embedded || request.negativePrompt.isEmpty()) {
+            "this bundle's U-Net embeds the guidance scale (a latent consistency model): it has no negative branch, so a negative prompt cannot be used"
+        }
         val t0 = System.nanoTime()
         peak = -1L
         sampleMemory()
-        val guided = request.guidanceScale > 1f
+        val guided = request.guidanceScale > 1f && !embedded
 
-        // 1. Text embeddings (the unconditional one only when guidance is on).
+        // 1. Text embeddings (the unconditional one only when guidance is on); an LCM's embedded guidance.
         encode(request.prompt, embCond)
         if (guided) encode(request.negativePrompt, embUncond)
+        if (embedded) {
+            ImageOps.guidanceScaleEmbedding(request.guidanceScale - 1f, condRow)
+            for (b in 0 until unetBatch) System.arraycopy(condRow, 0, unetCond, b * condRow.size, condRow.size)
+        }
         val tText = System.nanoTime()
 
-        // 2. Scheduler and initial noise.
+        // 2. Scheduler and initial noise (the first values of the seed's stream; the scheduler draws the rest).
         val scheduler = Schedulers.create(manifest.scheduler, request.scheduler)
-        scheduler.setTimesteps(request.steps)
-        Noise.gaussian(request.seed, latents)
+        scheduler.setTimesteps(request.steps ?: scheduler.defaultSteps)
+        val rng = NoiseStream(request.seed)
+        rng.next(latents)
         val sigma0 = scheduler.initNoiseSigma.toFloat()
         for (i in latents.indices) latents[i] *= sigma0
 
@@ -169,7 +192,7 @@ class DiffusionPipeline(
                 runUnet(scaled, embCond, noiseCond)
             }
             if (guided) ImageOps.classifierFreeGuidance(noiseUncond, noiseCond, request.guidanceScale, noiseCond)
-            scheduler.step(noiseCond, t, latents, latents)
+            scheduler.step(noiseCond, t, latents, latents, rng)
             stepMillis[k] = (System.nanoTime() - ts) / 1e6
             onStep?.invoke(StepProgress(k + 1, timesteps.size, t, stepMillis[k], (System.nanoTime() - t0) / 1e6))
         }

@@ -5,7 +5,8 @@ package dev.bksdm.edge.engine
  * ports of diffusers'), line for line, including where values are rounded to float32.
  * Samples and model outputs are float32 arrays; [step] and [scaleModelInput] write into
  * an `out` array that may be the input array itself (all updates are element-wise), so
- * the denoising loop allocates nothing per step.
+ * the denoising loop allocates nothing per step. Schedulers that draw noise ([drawsNoise]:
+ * LCM re-noises between steps) take it from the [NoiseStream] passed to [step].
  */
 abstract class Scheduler(
     config: Map<String, Any?>,
@@ -41,6 +42,12 @@ abstract class Scheduler(
     /** Sigmas (n + 1 values) for sigma-based schedulers, null for the others. */
     open val sigmas: DoubleArray? get() = null
 
+    /** True when [step] draws noise and so needs a [NoiseStream]. */
+    open val drawsNoise: Boolean get() = false
+
+    /** Steps used when a request names none. */
+    open val defaultSteps: Int get() = 25
+
     abstract fun setTimesteps(numInferenceSteps: Int)
 
     /** Scale the denoiser input for [timestep] into [out] (identity unless overridden). */
@@ -48,8 +55,8 @@ abstract class Scheduler(
         if (out !== sample) System.arraycopy(sample, 0, out, 0, sample.size)
     }
 
-    /** One denoising step: writes the previous sample into [out] (may be [sample]). */
-    abstract fun step(modelOutput: FloatArray, timestep: Double, sample: FloatArray, out: FloatArray)
+    /** One denoising step: writes the previous sample into [out] (may be [sample]); [noise] feeds [drawsNoise] ones. */
+    abstract fun step(modelOutput: FloatArray, timestep: Double, sample: FloatArray, out: FloatArray, noise: NoiseStream? = null)
 
     protected fun checkReady() {
         if (numInferenceSteps == 0) throw IllegalStateException("$className: call setTimesteps() before step()")
@@ -187,7 +194,7 @@ class PndmScheduler(config: Map<String, Any?>) : Scheduler(config, "PNDMSchedule
         curSample = null
     }
 
-    override fun step(modelOutput: FloatArray, timestep: Double, sample: FloatArray, out: FloatArray) {
+    override fun step(modelOutput: FloatArray, timestep: Double, sample: FloatArray, out: FloatArray, noise: NoiseStream?) {
         checkReady()
         val n = sample.size
         if (combined.size != n) combined = FloatArray(n)
@@ -270,7 +277,7 @@ class DdimScheduler(config: Map<String, Any?>) : Scheduler(
         this.numInferenceSteps = numInferenceSteps
     }
 
-    override fun step(modelOutput: FloatArray, timestep: Double, sample: FloatArray, out: FloatArray) {
+    override fun step(modelOutput: FloatArray, timestep: Double, sample: FloatArray, out: FloatArray, noise: NoiseStream?) {
         checkReady()
         val t = timestep.toInt()
         val prevT = t - trainTimesteps / numInferenceSteps
@@ -308,12 +315,10 @@ class DdimScheduler(config: Map<String, Any?>) : Scheduler(
     }
 }
 
-/** Shared step-index bookkeeping of the sigma-based schedulers. */
-abstract class SigmaScheduler(config: Map<String, Any?>, className: String, defaults: Map<String, Any?>, unsupported: Map<String, Any?>) :
+/** Shared step-index bookkeeping of the sigma-based schedulers and LCM. */
+abstract class StepIndexScheduler(config: Map<String, Any?>, className: String, defaults: Map<String, Any?>, unsupported: Map<String, Any?>) :
     Scheduler(config, className, defaults, unsupported) {
-    protected var sigmaTable = DoubleArray(0)
     protected var stepIndex = -1
-    override val sigmas: DoubleArray? get() = sigmaTable
 
     protected open fun indexWhenMissing(timestep: Double): Int =
         throw IllegalArgumentException("timestep $timestep is not in the schedule")
@@ -330,6 +335,13 @@ abstract class SigmaScheduler(config: Map<String, Any?>, className: String, defa
         }
         return stepIndex
     }
+}
+
+/** The sigma-based (k-diffusion style) schedulers. */
+abstract class SigmaScheduler(config: Map<String, Any?>, className: String, defaults: Map<String, Any?>, unsupported: Map<String, Any?>) :
+    StepIndexScheduler(config, className, defaults, unsupported) {
+    protected var sigmaTable = DoubleArray(0)
+    override val sigmas: DoubleArray? get() = sigmaTable
 
     protected fun lastSigma(): Double = when (config["final_sigmas_type"]) {
         "zero" -> 0.0
@@ -368,7 +380,7 @@ class EulerDiscreteScheduler(config: Map<String, Any?>) : SigmaScheduler(config,
         for (i in out.indices) out[i] = sample[i] / c
     }
 
-    override fun step(modelOutput: FloatArray, timestep: Double, sample: FloatArray, out: FloatArray) {
+    override fun step(modelOutput: FloatArray, timestep: Double, sample: FloatArray, out: FloatArray, noise: NoiseStream?) {
         checkReady()
         val i0 = currentIndex(timestep)
         val sigma = sigmaTable[i0]
@@ -456,7 +468,7 @@ class DpmSolverMultistepScheduler(config: Map<String, Any?>) :
 
     override fun indexWhenMissing(timestep: Double): Int = timesteps.size - 1
 
-    override fun step(modelOutput: FloatArray, timestep: Double, sample: FloatArray, out: FloatArray) {
+    override fun step(modelOutput: FloatArray, timestep: Double, sample: FloatArray, out: FloatArray, noise: NoiseStream?) {
         checkReady()
         val size = sample.size
         if (x0Cur.size != size) {
@@ -526,12 +538,84 @@ class DpmSolverMultistepScheduler(config: Map<String, Any?>) :
     }
 }
 
+/**
+ * The latent consistency models' sampler (diffusers' LCMScheduler): timesteps picked by index from the
+ * distillation's solver schedule, each step the consistency function's x0 estimate, re-noised to the next
+ * timestep (noise from the [NoiseStream]) except at the last step.
+ */
+class LcmScheduler(config: Map<String, Any?>) : StepIndexScheduler(
+    config, "LCMScheduler", DEFAULTS, mapOf("thresholding" to false, "rescale_betas_zero_snr" to false)
+) {
+    private var noiseBuffer = FloatArray(0)
+    override val drawsNoise: Boolean get() = true
+    override val defaultSteps: Int get() = 4
+
+    override fun setTimesteps(numInferenceSteps: Int) {
+        val total = trainTimesteps
+        val original = Scheduler.num(config, "original_inference_steps").toInt()
+        if (original > total) throw IllegalArgumentException("original_inference_steps $original > num_train_timesteps $total")
+        if (numInferenceSteps < 1 || numInferenceSteps > original) {
+            throw IllegalArgumentException("num_inference_steps must be 1..$original (the original_inference_steps the model was distilled with), got $numInferenceSteps")
+        }
+        val k = total / original
+        val stride = original.toDouble() / numInferenceSteps // numpy.linspace(0, original, n, endpoint=False)
+        timesteps = DoubleArray(numInferenceSteps) {
+            val pick = Math.floor(it * stride).toInt()
+            ((original - pick) * k - 1).toDouble() // the descending origin schedule at that index
+        }
+        this.numInferenceSteps = numInferenceSteps
+        stepIndex = -1
+    }
+
+    override fun step(modelOutput: FloatArray, timestep: Double, sample: FloatArray, out: FloatArray, noise: NoiseStream?) {
+        checkReady()
+        val i0 = currentIndex(timestep)
+        val t = timestep.toInt()
+        val last = i0 == numInferenceSteps - 1
+        val prevT = if (i0 + 1 < timesteps.size) timesteps[i0 + 1].toInt() else t
+        val aT = alphaCumprodAt(t)
+        val aPrev = alphaCumprodAt(prevT)
+        val scaled = t * Scheduler.num(config, "timestep_scaling")
+        val cSkip = (SIGMA_DATA * SIGMA_DATA / (scaled * scaled + SIGMA_DATA * SIGMA_DATA)).toFloat()
+        val cOut = (scaled / Math.sqrt(scaled * scaled + SIGMA_DATA * SIGMA_DATA)).toFloat()
+        val sqA = Math.sqrt(aT).toFloat()
+        val sqB = Math.sqrt(1.0 - aT).toFloat()
+        val clip = config["clip_sample"] == true
+        val r = if (clip) Scheduler.num(config, "clip_sample_range").toFloat() else 0f
+        for (i in out.indices) {
+            val s = sample[i]
+            val m = modelOutput[i]
+            var x0 = if (vPrediction) sqA * s - sqB * m else (s - sqB * m) / sqA
+            if (clip) x0 = Math.min(Math.max(x0, -r), r)
+            out[i] = cOut * x0 + cSkip * s
+        }
+        stepIndex = i0 + 1
+        if (last) return
+        val stream = noise ?: throw IllegalArgumentException("LCMScheduler re-noises between steps: pass a NoiseStream")
+        if (noiseBuffer.size != out.size) noiseBuffer = FloatArray(out.size)
+        stream.next(noiseBuffer)
+        val cX = Math.sqrt(aPrev).toFloat()
+        val cN = Math.sqrt(1.0 - aPrev).toFloat()
+        for (i in out.indices) out[i] = cX * out[i] + cN * noiseBuffer[i]
+    }
+
+    companion object {
+        const val SIGMA_DATA = 0.5
+        val DEFAULTS: Map<String, Any?> = Scheduler.COMMON_DEFAULTS + mapOf(
+            "beta_start" to 0.00085, "beta_end" to 0.012, "beta_schedule" to "scaled_linear",
+            "original_inference_steps" to 50.0, "clip_sample" to false, "clip_sample_range" to 1.0,
+            "set_alpha_to_one" to true, "thresholding" to false, "timestep_spacing" to "leading",
+            "timestep_scaling" to 10.0, "rescale_betas_zero_snr" to false
+        )
+    }
+}
+
 /** Registry: name -> scheduler, and diffusers' `_class_name` -> scheduler. */
 object Schedulers {
-    val NAMES = listOf("pndm", "ddim", "euler", "dpm++")
+    val NAMES = listOf("pndm", "ddim", "euler", "dpm++", "lcm")
     private val CLASS_NAMES = mapOf(
         "PNDMScheduler" to "pndm", "DDIMScheduler" to "ddim",
-        "EulerDiscreteScheduler" to "euler", "DPMSolverMultistepScheduler" to "dpm++"
+        "EulerDiscreteScheduler" to "euler", "DPMSolverMultistepScheduler" to "dpm++", "LCMScheduler" to "lcm"
     )
 
     /**
@@ -547,6 +631,7 @@ object Schedulers {
             "ddim" -> DdimScheduler(config)
             "euler" -> EulerDiscreteScheduler(config)
             "dpm++" -> DpmSolverMultistepScheduler(config)
+            "lcm" -> LcmScheduler(config)
             else -> throw UnsupportedSchedulerException("unknown scheduler '$key'; choose from $NAMES")
         }
     }

@@ -117,15 +117,24 @@ class BundleTest {
 
 /** A manifest for an 64x64 image (8x8 latents), tiny hidden size 16, sequence length 77. */
 object FakeBundle {
-    fun manifestJson(complete: Boolean, filesJson: String, extra: String): String = """
+    /** An LCM bundle's differences: LCMScheduler, a 2-D timestep_cond U-Net input and the guidance embedding. */
+    private const val LCM_SCHEDULER = """{"_class_name": "LCMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085,
+                       "beta_end": 0.012, "beta_schedule": "scaled_linear", "original_inference_steps": 25,
+                       "set_alpha_to_one": false, "timestep_scaling": 10.0, "clip_sample": false}"""
+    private const val LCM_COND = """, {"name": "timestep_cond", "shape": [1, 8], "dtype": "float32", "layout": null, "quantization": null}"""
+    private const val LCM_GUIDANCE = """"guidance_embedding": {"input": "timestep_cond", "dim": 8, "w": "guidance_scale - 1",
+                       "scale": 1000.0, "max_period": 10000.0},"""
+
+    fun manifestJson(complete: Boolean, filesJson: String, extra: String, lcm: Boolean = false): String = """
         {"format_version": 1, "complete": $complete, "format": "onnx", "precision": "fp32",
          "source": {"family": "sd-v1"},
          "image": {"height": 64, "width": 64, "batch": 1, "vae_scale_factor": 8, "latent_channels": 4},
          "latent_scaling_factor": 0.18215, "vae_decoder_input_scaled": false, "vae_decoder_output_range": [-1, 1],
          "prediction_type": "epsilon",
-         "scheduler": {"_class_name": "PNDMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085,
+         "scheduler": ${if (lcm) LCM_SCHEDULER else """{"_class_name": "PNDMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085,
                        "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1,
-                       "set_alpha_to_one": false, "skip_prk_steps": true, "clip_sample": false},
+                       "set_alpha_to_one": false, "skip_prk_steps": true, "clip_sample": false}"""},
+         ${if (lcm) LCM_GUIDANCE else ""}
          "tokenizer": {"vocab": "tokenizer/vocab.json", "merges": "tokenizer/merges.txt", "max_length": 77,
                        "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407},
          "components": {
@@ -135,7 +144,7 @@ object FakeBundle {
            "unet": {"file": "unet/model.onnx", "precision": "fp32",
              "inputs": [{"name": "sample", "shape": [1, 4, 8, 8], "dtype": "float32", "layout": "NCHW", "quantization": null},
                         {"name": "timestep", "shape": [1], "dtype": "int64", "layout": null, "quantization": null},
-                        {"name": "encoder_hidden_states", "shape": [1, 77, 16], "dtype": "float32", "layout": null, "quantization": null}],
+                        {"name": "encoder_hidden_states", "shape": [1, 77, 16], "dtype": "float32", "layout": null, "quantization": null}${if (lcm) LCM_COND else ""}],
              "outputs": [{"name": "out_sample", "shape": [1, 4, 8, 8], "dtype": "float32", "layout": "NCHW", "quantization": null}]},
            "vae_decoder": {"file": "vae_decoder/model.onnx", "precision": "int8",
              "inputs": [{"name": "latent_sample", "shape": [1, 4, 8, 8], "dtype": "float32", "layout": "NCHW",

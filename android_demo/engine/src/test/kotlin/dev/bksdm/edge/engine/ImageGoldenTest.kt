@@ -23,6 +23,18 @@ class ImageGoldenTest {
     }
 
     @Test
+    fun guidanceEmbeddingMatchesPython() {
+        val emb = kind("guidance_embedding")
+        assertEquals(5, emb.size)
+        for (case in emb) {
+            val expected = Golden.floats(case["out"])
+            val out = FloatArray((case["dim"] as Double).toInt())
+            ImageOps.guidanceScaleEmbedding((case["w"] as Double).toFloat(), out)
+            Golden.assertClose("guidance embedding w=${case["w"]} dim=${out.size}", expected, out, 1e-6)
+        }
+    }
+
+    @Test
     fun latentUnscalingIsBitExact() {
         for (case in kind("latents_for_decoder")) {
             val l = Golden.floats(case["latents"])
@@ -71,5 +83,19 @@ class ImageGoldenTest {
             Golden.assertClose("noise seed ${case["seed"]}", expected, out, 1e-6)
         }
         assertTrue(Noise.splitmix64(0L, 1L) == -0x1ddf57c684e23251L) // 0xE220A8397B1DCDAF
+    }
+
+    @Test
+    fun noiseStreamDrawsConsecutivePiecesLikePython() {
+        val case = kind("noise_stream").single()
+        val stream = NoiseStream(java.lang.Long.parseUnsignedLong(case["seed"] as String))
+        val parts = case["out"] as List<*>
+        for ((k, part) in parts.withIndex()) {
+            val expected = Golden.floats(part)
+            val out = FloatArray(expected.size)
+            stream.next(out)
+            Golden.assertClose("noise stream piece $k", expected, out, 1e-6)
+        }
+        assertEquals(Golden.ints(case["sizes"]).sum().toLong(), stream.position)
     }
 }

@@ -8,11 +8,11 @@ import org.junit.Test
 
 /** The denoising loop over fake runners: call pattern, progress, buffer reuse, determinism. */
 class PipelineTest {
-    private val manifest = Manifest.parse(
-        FakeBundle.manifestJson(true, listOf(
-            "text_encoder/model.onnx", "unet/model.onnx", "vae_decoder/model.onnx", "tokenizer/vocab.json", "tokenizer/merges.txt"
-        ).joinToString(", ") { "\"$it\": {\"sha256\": \"00\", \"size\": 1}" }, "")
-    )
+    private val files = listOf(
+        "text_encoder/model.onnx", "unet/model.onnx", "vae_decoder/model.onnx", "tokenizer/vocab.json", "tokenizer/merges.txt"
+    ).joinToString(", ") { "\"$it\": {\"sha256\": \"00\", \"size\": 1}" }
+    private val manifest = Manifest.parse(FakeBundle.manifestJson(true, files, ""))
+    private val lcmManifest = Manifest.parse(FakeBundle.manifestJson(true, files, "", lcm = true))
     private val tokenizer = ClipTokenizer.fromText(Golden.text("tokenizer/vocab.json"), Golden.text("tokenizer/merges.txt"))
 
     /** Embeds token ids as a deterministic pattern; records the inputs it saw. */
@@ -28,11 +28,12 @@ class PipelineTest {
         override fun close() {}
     }
 
-    /** eps = 0.1 * sample + mean(context) + 1e-4 * t. */
+    /** eps = 0.1 * sample + mean(context) + 1e-4 * t (+ 0.01 * mean(timestep_cond) when the input exists). */
     private class FakeUnet : ModelRunner {
         val out = FloatTensor(intArrayOf(1, 4, 8, 8), FloatArray(256))
         var calls = 0
         val timesteps = ArrayList<Long>()
+        val conds = ArrayList<FloatArray>()
         override fun run(inputs: Map<String, Tensor>): Map<String, Tensor> {
             calls++
             val x = (inputs["sample"] as FloatTensor).data
@@ -42,6 +43,11 @@ class PipelineTest {
             var mean = 0.0
             for (v in ctx) mean += v
             mean /= ctx.size
+            val cond = (inputs["timestep_cond"] as FloatTensor?)?.data
+            if (cond != null) {
+                conds.add(cond.copyOf())
+                mean += 0.01 * cond.average()
+            }
             for (i in x.indices) out.data[i] = (0.1f * x[i] + mean + 1e-4 * t).toFloat()
             return mapOf("out_sample" to out)
         }
@@ -61,8 +67,8 @@ class PipelineTest {
         override fun close() {}
     }
 
-    private fun pipeline(te: FakeTextEncoder = FakeTextEncoder(), unet: FakeUnet = FakeUnet(), peak: Long = 123L) =
-        DiffusionPipeline(manifest, tokenizer, te, unet, FakeDecoder()) { peak }
+    private fun pipeline(te: FakeTextEncoder = FakeTextEncoder(), unet: FakeUnet = FakeUnet(), peak: Long = 123L, m: Manifest = manifest) =
+        DiffusionPipeline(m, tokenizer, te, unet, FakeDecoder()) { peak }
 
     @Test
     fun guidedRunCallsTheUnetTwicePerStepAndReportsProgress() {
@@ -105,6 +111,44 @@ class PipelineTest {
         pipeline(te, unet).generate(GenerationRequest("x", steps = 3, guidanceScale = 1f, scheduler = "ddim"))
         assertEquals(1, te.seen.size)
         assertEquals(3, unet.calls)
+    }
+
+    @Test
+    fun lcmBundleEmbedsTheGuidanceAndRunsOneRowPerStep() {
+        val te = FakeTextEncoder()
+        val unet = FakeUnet()
+        val p = pipeline(te, unet, m = lcmManifest)
+        val result = p.generate(GenerationRequest("a photo of a cat", guidanceScale = 8f, seed = 3L))
+        val scheduler = Schedulers.create(lcmManifest.scheduler)
+        assertTrue(scheduler is LcmScheduler)
+        scheduler.setTimesteps(scheduler.defaultSteps)
+        assertEquals(1, te.seen.size) // no negative branch
+        assertEquals(scheduler.timesteps.size, unet.calls) // default 4 steps, one U-Net call each
+        assertEquals(scheduler.timesteps.map { it.toLong() }, unet.timesteps)
+        val want = FloatArray(8)
+        ImageOps.guidanceScaleEmbedding(7f, want)
+        for (cond in unet.conds) assertArrayEquals(want, cond, 0f)
+        assertEquals(scheduler.timesteps.size, result.stepMillis.size)
+        // Same seed, same image (latents and re-noising come from one stream); another guidance, another image.
+        assertArrayEquals(result.argb, p.generate(GenerationRequest("a photo of a cat", guidanceScale = 8f, seed = 3L)).argb)
+        assertFalse(result.argb.contentEquals(p.generate(GenerationRequest("a photo of a cat", guidanceScale = 2f, seed = 3L)).argb))
+        assertFalse(result.argb.contentEquals(p.generate(GenerationRequest("a photo of a cat", guidanceScale = 8f, seed = 4L)).argb))
+    }
+
+    @Test(expected = IllegalArgumentException::class)
+    fun lcmBundleRefusesANegativePrompt() {
+        pipeline(m = lcmManifest).generate(GenerationRequest("x", negativePrompt = "blurry"))
+    }
+
+    @Test
+    fun lcmManifestWithoutItsInputIsRefused() {
+        val broken = FakeBundle.manifestJson(true, files, "", lcm = true).replace("\"input\": \"timestep_cond\"", "\"input\": \"w_emb\"")
+        try {
+            Manifest.parse(broken)
+            org.junit.Assert.fail("expected ManifestException")
+        } catch (e: ManifestException) {
+            assertTrue(e.message!!, e.message!!.contains("w_emb"))
+        }
     }
 
     @Test(expected = GenerationCancelledException::class)

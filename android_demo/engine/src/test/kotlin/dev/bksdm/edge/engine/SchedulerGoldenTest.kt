@@ -35,7 +35,7 @@ class SchedulerGoldenTest {
             if (expectedSigmas != null) Golden.assertClose("$what sigmas", Golden.doubles(expectedSigmas), s.sigmas!!, 1e-5)
             else assertEquals("$what has no sigmas", null, s.sigmas)
         }
-        assertTrue("schedule cases present", n >= 4 * 3 * 5)
+        assertTrue("schedule cases present", n >= 5 * 3 * 5 + 4)
     }
 
     @Test
@@ -51,15 +51,38 @@ class SchedulerGoldenTest {
             val expectedInputs = case["model_inputs"] as List<*>
             val outputs = case["model_outputs"] as List<*>
             val samples = case["samples"] as List<*>
+            val noiseSeed = case["noise_seed"] as String?
+            assertEquals("$what draws noise", noiseSeed != null, s.drawsNoise)
+            val noise = if (noiseSeed == null) null else NoiseStream(java.lang.Long.parseUnsignedLong(noiseSeed))
             assertEquals("$what step count", samples.size.toLong(), s.timesteps.size.toLong())
             for ((k, t) in s.timesteps.withIndex()) {
                 s.scaleModelInput(sample, t, scaled)
                 Golden.assertClose("$what step $k model input", Golden.floats(expectedInputs[k]), scaled)
-                s.step(Golden.floats(outputs[k]), t, sample, sample) // in place, as the pipeline does
+                s.step(Golden.floats(outputs[k]), t, sample, sample, noise) // in place, as the pipeline does
                 Golden.assertClose("$what step $k sample", Golden.floats(samples[k]), sample)
             }
         }
-        assertTrue("run cases present", n >= 4 * 3 * 2)
+        assertTrue("run cases present", n >= 5 * 3 * 2 + 2)
+    }
+
+    @Test
+    fun lcmNeedsANoiseStreamBeforeItsLastStepAndRefusesTooManySteps() {
+        val s = Schedulers.create(config("lcm-ddim25"))
+        assertTrue(s is LcmScheduler && s.drawsNoise)
+        try {
+            s.setTimesteps(26)
+            fail("expected IllegalArgumentException")
+        } catch (e: IllegalArgumentException) {
+            assertTrue(e.message!!, e.message!!.contains("1..25"))
+        }
+        s.setTimesteps(2)
+        val x = FloatArray(4)
+        try {
+            s.step(x, s.timesteps[0], x, x)
+            fail("expected IllegalArgumentException")
+        } catch (e: IllegalArgumentException) {
+            assertTrue(e.message!!, e.message!!.contains("NoiseStream"))
+        }
     }
 
     @Test
