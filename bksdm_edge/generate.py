@@ -15,6 +15,7 @@ comes from one ``NoiseStream`` of the seed, as the Kotlin engine draws them.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -44,6 +45,7 @@ class _Component:
     run_raw: Callable
     inputs: list
     outputs: list
+    seconds: float = 0.0  # time spent in this component since the pipeline call began
 
     @property
     def batch(self) -> int | None:
@@ -51,6 +53,13 @@ class _Component:
         return b if isinstance(b, int) else None
 
     def __call__(self, *arrays: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        try:
+            return self._run(*arrays)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def _run(self, *arrays: np.ndarray) -> np.ndarray:
         rows = arrays[0].shape[0]
         step = self.batch or rows
         padded = -rows % step  # e.g. one latent through a batch-2 decoder: repeat the last row, drop its output
@@ -64,7 +73,11 @@ class _Component:
 
 
 class BundlePipeline:
-    """A verified bundle, loaded: ``pipe(prompt, ...) -> (RGB uint8 HWC image, initial latents)``."""
+    """A verified bundle, loaded: ``pipe(prompt, ...) -> (RGB uint8 HWC image, initial latents)``.
+
+    After each call ``last_timings`` holds the seconds spent in each component (``text_encoder``, ``unet``,
+    ``vae_decoder``), in the rest (``other``: tokenizer, scheduler, guidance, conversions) and in all (``total``).
+    """
 
     def __init__(self, bundle: str | Path, *, threads: int | None = None):
         self.root = Path(bundle)
@@ -88,6 +101,7 @@ class BundlePipeline:
         self.tokenizer = ClipTokenizer.from_bundle(self.root, self.manifest["tokenizer"])
         # LCM students take the guidance scale as an input instead of a second (negative) U-Net row.
         self.guidance_embedding = self.manifest.get("guidance_embedding")
+        self.last_timings: dict[str, float] = {}
 
     def latent_shape(self) -> tuple[int, ...]:
         img = self.manifest["image"]
@@ -120,6 +134,17 @@ class BundlePipeline:
                 (diffusers' ``latents=`` argument).
         Returns (image HWC uint8, the initial latents used).
         """
+        started = time.perf_counter()
+        for c in self.components.values():
+            c.seconds = 0.0
+        image, latents = self._generate(prompt, negative_prompt, steps, guidance, seed, scheduler, latents, progress)
+        total = time.perf_counter() - started
+        self.last_timings = {name: c.seconds for name, c in self.components.items()}
+        self.last_timings["other"] = total - sum(self.last_timings.values())
+        self.last_timings["total"] = total
+        return image, latents
+
+    def _generate(self, prompt, negative_prompt, steps, guidance, seed, scheduler, latents, progress):
         m = self.manifest
         te, unet, dec = (self.components[c] for c in ("text_encoder", "unet", "vae_decoder"))
         embedded = self.guidance_embedding is not None

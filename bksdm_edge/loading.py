@@ -41,11 +41,18 @@ class SDModel:
     unet_source: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
-    def to_pipeline(self):
-        """Assemble a diffusers ``StableDiffusionPipeline`` (no safety checker)."""
-        from diffusers import StableDiffusionPipeline
+    @property
+    def is_lcm(self) -> bool:
+        """True when the U-Net embeds the guidance scale (``time_cond_proj_dim``): a latent consistency model."""
+        return self.unet is not None and getattr(self.unet.config, "time_cond_proj_dim", None) is not None
 
-        return StableDiffusionPipeline(
+    def to_pipeline(self):
+        """Assemble a diffusers ``StableDiffusionPipeline``, or a ``LatentConsistencyModelPipeline`` for a latent
+        consistency model (``is_lcm``); no safety checker."""
+        from diffusers import LatentConsistencyModelPipeline, StableDiffusionPipeline
+
+        cls = LatentConsistencyModelPipeline if self.is_lcm else StableDiffusionPipeline
+        return cls(
             vae=self.vae,
             text_encoder=self.text_encoder,
             tokenizer=self.tokenizer,
@@ -213,10 +220,36 @@ def load_unet(path: str | Path, dtype=torch.float32, weights: bool = True):
     return UNet2DConditionModel.from_pretrained(path, torch_dtype=dtype).eval()
 
 
+LCM_SCHEDULER = "LCMScheduler"
+
+
+def _lcm_scheduler(model: SDModel, unet_dir: Path | None):
+    """The scheduler of a latent consistency model: the U-Net folder's ``scheduler_config.json`` (written by
+    ``distill --objective lcm``), else LCMScheduler with the source's noise schedule (diffusers' defaults)."""
+    import inspect
+
+    from diffusers import LCMScheduler
+
+    path = unet_dir / "scheduler_config.json" if unet_dir is not None else None
+    if path is not None and path.exists():
+        config = json.loads(path.read_text())
+        model.info["scheduler"] = str(path)
+    elif type(model.scheduler).__name__ == LCM_SCHEDULER:
+        return model.scheduler
+    else:
+        config = dict(model.scheduler.config)
+        model.info["scheduler"] = f"LCMScheduler from the {type(model.scheduler).__name__} noise schedule"
+    known = inspect.signature(LCMScheduler.__init__).parameters
+    return LCMScheduler.from_config({k: v for k, v in config.items() if k in known})
+
+
 def load_model(
     src: str, *, unet: str | Path | None = None, components=COMPONENTS, dtype=torch.float32, weights: bool = True
 ) -> SDModel:
     """Load a Stable Diffusion model.
+
+    A U-Net with a guidance embedding (``time_cond_proj_dim``: a latent consistency model) comes with an
+    ``LCMScheduler``: the one its folder holds (``scheduler_config.json``), else one on the source's noise schedule.
 
     Args:
         src: ``builtin:NAME`` (see ``builtin_names()``), a local diffusers pipeline folder, or a hub id.
@@ -243,4 +276,6 @@ def load_model(
         meta = Path(unet) / "bksdm_edge.json"
         if meta.exists():
             model.info["student"] = json.loads(meta.read_text())
+    if model.is_lcm and model.scheduler is not None:
+        model.scheduler = _lcm_scheduler(model, Path(unet) if unet is not None else None)
     return model

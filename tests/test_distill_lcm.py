@@ -152,22 +152,26 @@ def test_cli_run_loads_in_latent_consistency_pipeline(shapes, tmp_path):
     assert run["lcm"]["guidance_embedding"] == {"dim": 256, "embeds": "guidance_scale - 1", "scale": 1000.0}
     assert (out / "validation" / "step-000002" / "00.png").exists()
 
-    model = load_model("builtin:tiny-sd")
     for sub in ("unet", "unet_target"):
         unet = UNet2DConditionModel.from_pretrained(out / sub)
         assert unet.config.time_cond_proj_dim == 256 and unet.config.mid_block_type is None  # bk-tiny
         meta = json.loads((out / sub / "bksdm_edge.json").read_text())
         assert meta["variant"] == "bk-tiny" and meta["lcm"]["num_ddim_timesteps"] == 20
-        scheduler = LCMScheduler.from_pretrained(out / sub)
-        assert scheduler.config.original_inference_steps == 20
-        pipe = LatentConsistencyModelPipeline(
-            vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=unet, scheduler=scheduler,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
+        assert LCMScheduler.from_pretrained(out / sub).config.original_inference_steps == 20
+        # load_model pairs the U-Net with its LCMScheduler; to_pipeline is then diffusers' LCM pipeline.
+        model = load_model("builtin:tiny-sd", unet=out / sub)
+        assert model.is_lcm and model.scheduler.config.original_inference_steps == 20
+        pipe = model.to_pipeline()
+        assert isinstance(pipe, LatentConsistencyModelPipeline) and isinstance(pipe.scheduler, LCMScheduler)
         pipe.set_progress_bar_config(disable=True)
         image = pipe("a red circle", num_inference_steps=2, guidance_scale=4.0, height=64, width=64,
                      output_type="np", generator=torch.Generator().manual_seed(0)).images[0]
         assert image.shape == (64, 64, 3) and np.isfinite(image).all()
+    # A guidance-embedding U-Net without a scheduler file gets LCMScheduler on the source's noise schedule.
+    (out / "unet" / "scheduler_config.json").unlink()
+    model = load_model("builtin:tiny-sd", unet=out / "unet")
+    assert isinstance(model.scheduler, LCMScheduler) and model.scheduler.config.original_inference_steps == 50
+    assert not load_model("builtin:tiny-sd", components=("unet", "scheduler")).is_lcm
 
 
 def test_checkpoint_resume_reproduces_an_uninterrupted_run(shapes, tmp_path):

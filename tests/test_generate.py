@@ -68,6 +68,16 @@ def test_fp32_bundle_matches_diffusers(scheduler, diffusers_class, tiny_model):
     assert value >= 40.0, f"PSNR {value:.1f} dB vs diffusers"
 
 
+def test_last_timings_split_the_run_by_component():
+    pipe = BundlePipeline(tiny_bundle("fp32"))
+    pipe(PROMPT, steps=2)
+    t = pipe.last_timings
+    assert set(t) == {"text_encoder", "unet", "vae_decoder", "other", "total"}
+    parts = [t[k] for k in ("text_encoder", "unet", "vae_decoder")]
+    assert all(v > 0 for v in parts) and t["other"] >= 0
+    assert sum(parts) + t["other"] == pytest.approx(t["total"])
+
+
 def test_batch2_bundle_matches_diffusers(tiny_model):
     pipe = BundlePipeline(tiny_bundle("fp32", batch=2))
     assert pipe.components["unet"].batch == 2
