@@ -14,45 +14,54 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
-import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bksdm_edge.bench.child import PeakRss, child_env, run_task, task_main  # noqa: E402
+from bksdm_edge.bench.machine import machine_info, machine_markdown  # noqa: E402
+from bksdm_edge.bench.scenario import Scenario  # noqa: E402
+
 LOCK = "/tmp/bksdm-heavy.lock"
+LIGHTWEIGHT = {"lw": True, "no-lw": False}  # scenario variant -> litert-torch's lightweight_conversion
 
 
-@dataclass(frozen=True)
-class Scenario:
-    """One conversion: a U-Net (teacher or BK-SDM student of ``source``) at one precision."""
+def scenario(unet: str, precision: str, source: str = "builtin:sd-v1.4", lightweight: bool | None = None) -> Scenario:
+    """One conversion: a U-Net (``teacher`` or a BK-SDM variant of ``source``) at one precision, at the source's
+    default resolution; ``lightweight`` None leaves litert-torch's lightweight conversion to the library."""
+    from bksdm_edge.builtins import BUILTINS
 
-    unet: str  # "teacher" | "bk-base" | "bk-small" | "bk-tiny"
-    precision: str  # fp32 | fp16 | int8 | int8-weight-only | w8a8
-    source: str = "builtin:sd-v1.4"
-    lightweight: bool | None = None  # None: the library default
+    res = BUILTINS[source.split(":", 1)[1]].default_resolution
+    s = Scenario(model=unet, component="unet", backend="litert", precision=precision, source=source, resolution=res)
+    if lightweight is None:
+        return s
+    return replace(s, options={"export": {"lightweight": lightweight}}, variant="lw" if lightweight else "no-lw")
 
-    @property
-    def name(self) -> str:
-        lw = "" if self.lightweight is None else (":lw" if self.lightweight else ":no-lw")
-        return f"{self.source.split(':')[-1]}/{self.unet}:{self.precision}{lw}"
+
+def scenario_name(s: Scenario) -> str:
+    """``sd-v1.4/bk-tiny:int8[:lw|:no-lw]``: the key of a row in results.json (and what --scenarios takes)."""
+    return f"{s.source.split(':')[-1]}/{s.model}:{s.precision}" + (f":{s.variant}" if s.variant else "")
+
+
+def _lightweight(s: Scenario) -> bool | None:
+    return s.options.get("export", {}).get("lightweight")
 
 
 DEFAULT_SCENARIOS = [
-    Scenario("bk-tiny", "fp16"),
-    Scenario("bk-tiny", "int8"),
-    Scenario("bk-small", "fp16"),
-    Scenario("bk-small", "int8"),
-    Scenario("teacher", "fp16"),
-    Scenario("teacher", "int8"),
-    Scenario("bk-tiny", "w8a8"),
-    Scenario("bk-small", "w8a8"),
-    Scenario("bk-base", "fp32"),
-    Scenario("teacher", "fp32"),
+    scenario("bk-tiny", "fp16"),
+    scenario("bk-tiny", "int8"),
+    scenario("bk-small", "fp16"),
+    scenario("bk-small", "int8"),
+    scenario("teacher", "fp16"),
+    scenario("teacher", "int8"),
+    scenario("bk-tiny", "w8a8"),
+    scenario("bk-small", "w8a8"),
+    scenario("bk-base", "fp32"),
+    scenario("teacher", "fp32"),
 ]
 
 
@@ -60,11 +69,11 @@ def parse_scenario(text: str) -> Scenario:
     """``[source/]unet:precision[:lw|:no-lw]``, e.g. ``bk-tiny:fp16`` or ``mini-sd/teacher:int8``."""
     source, _, rest = text.rpartition("/")
     unet, precision, *flags = rest.split(":")
-    lw = {"lw": True, "no-lw": False}[flags[0]] if flags else None
-    return Scenario(unet, precision, "builtin:" + source if source else "builtin:sd-v1.4", lw)
+    lw = LIGHTWEIGHT[flags[0]] if flags else None
+    return scenario(unet, precision, "builtin:" + source if source else "builtin:sd-v1.4", lw)
 
 
-def _unet_param_count(scenario: Scenario) -> int:
+def _unet_param_count(s: Scenario) -> int:
     """Parameter count of the scenario's U-Net, built on the meta device (no memory, no time)."""
     import torch
     from diffusers import UNet2DConditionModel
@@ -72,75 +81,54 @@ def _unet_param_count(scenario: Scenario) -> int:
     from bksdm_edge.builtins import BUILTINS
     from bksdm_edge.variants import get_variant
 
-    config = dict(BUILTINS[scenario.source.split(":", 1)[1]].unet)
+    config = dict(BUILTINS[s.source.split(":", 1)[1]].unet)
     with torch.device("meta"):
         teacher = UNet2DConditionModel(**config)
-        if scenario.unet == "teacher":
+        if s.model == "teacher":
             unet = teacher
         else:
-            unet = UNet2DConditionModel.from_config(get_variant(scenario.unet).student_config(teacher.config))
+            unet = UNet2DConditionModel.from_config(get_variant(s.model).student_config(teacher.config))
     from bksdm_edge.export.tflite import count_parameters
 
     return count_parameters(unet)
 
 
-def run_child(scenario: Scenario, work_dir: Path) -> dict:
+def convert_and_validate(s: Scenario, work_dir: Path) -> dict:
     """Build, convert and validate one scenario in this process; returns the measured row."""
-    import resource
+    import os
 
-    import psutil
     import torch
 
+    from bksdm_edge.bench.backends import load_scenario_model
     from bksdm_edge.export import tflite
     from bksdm_edge.export.components import COMPONENTS, ShapeConfig
     from bksdm_edge.export.tensor_io import from_runner_outputs, to_runner_inputs
-    from bksdm_edge.loading import load_model
     from bksdm_edge.metrics import error_metrics
 
     torch.set_num_threads(os.cpu_count() or 1)
     row: dict = {}
     t0 = time.perf_counter()
-    model = load_model(scenario.source, components=("unet", "vae"))
-    if scenario.unet != "teacher":
-        from bksdm_edge.student import build_student
-
-        model.unet, _ = build_student(model.unet, scenario.unet)
+    model = load_scenario_model(s, ("unet", "vae"))
     row["build_seconds"] = round(time.perf_counter() - t0, 1)
     spec = COMPONENTS["unet"]
     module = spec.module(model)
-    from bksdm_edge.builtins import BUILTINS
-
-    res = BUILTINS[scenario.source.split(":", 1)[1]].default_resolution
-    shape = ShapeConfig(height=res, width=res)
+    shape = ShapeConfig(height=s.resolution, width=s.resolution)
     inputs = spec.example_inputs(model, shape, seed=0)
     # Calibration and validation sets are disjoint seeds; full-size built-ins have random
     # weights, so seeded inputs are the "real" distribution here.
-    calibration = [spec.example_inputs(model, shape, seed=s) for s in (1, 2, 3, 4)] if scenario.precision == "w8a8" else None
+    calibration = [spec.example_inputs(model, shape, seed=i) for i in (1, 2, 3, 4)] if s.precision == "w8a8" else None
 
-    # Peak RSS during the conversion alone (building the teacher+student costs its own peak).
-    proc = psutil.Process()
-    rss_before = proc.memory_info().rss
-    peak = [rss_before]
-    done = threading.Event()
-
-    def sample():
-        while not done.wait(0.2):
-            peak[0] = max(peak[0], proc.memory_info().rss)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    options = {"memory_limit_bytes": 1 << 62}  # _child_main already checked the estimate
-    if scenario.lightweight is not None:
-        options["lightweight"] = scenario.lightweight
+    # Peak RSS during the conversion alone (building teacher + student costs its own peak).
+    options = {"memory_limit_bytes": 1 << 62}  # the parent and this child already checked the estimate
+    if _lightweight(s) is not None:
+        options["lightweight"] = _lightweight(s)
     t0 = time.perf_counter()
-    converted = tflite.convert(module, inputs, spec.output_names, work_dir / "unet", scenario.precision,
-                               calibration=calibration, options=options)
+    with PeakRss() as conversion:
+        converted = tflite.convert(module, inputs, spec.output_names, work_dir / "unet", s.precision,
+                                   calibration=calibration, options=options)
     row["convert_seconds"] = round(time.perf_counter() - t0, 1)
-    done.set()
-    sampler.join()
-    row["rss_before_convert_gib"] = round(rss_before / 2**30, 2)
-    row["peak_rss_convert_gib"] = round(peak[0] / 2**30, 2)
-    row["ru_maxrss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    row["rss_before_convert_gib"] = round(conversion.before_mb / 2**10, 2)
+    row["peak_rss_convert_gib"] = round(conversion.peak_mb / 2**10, 2)
     row["file_mib"] = round(converted.path.stat().st_size / 2**20, 1)
     row["extra"] = converted.extra
     row["inputs"] = [t.to_json() for t in converted.inputs]
@@ -161,15 +149,15 @@ def run_child(scenario: Scenario, work_dir: Path) -> dict:
     return row
 
 
-def run_scenario(scenario: Scenario, work_root: Path) -> dict:
+def run_scenario(s: Scenario, work_root: Path, lock: str = LOCK) -> dict:
     """Check the memory estimate, then run the scenario in a child process under the heavy-job lock."""
     from bksdm_edge.export import tflite
 
-    params = _unet_param_count(scenario)
-    lightweight = scenario.lightweight if scenario.lightweight is not None else params >= tflite.LIGHTWEIGHT_MIN_PARAMS
-    estimate = tflite.estimate_conversion_memory(params, scenario.precision, lightweight)
-    row = {"scenario": scenario.name, **asdict(scenario), "parameters": params,
-           "estimated_peak_gib": round(estimate / 2**30, 2)}
+    params = _unet_param_count(s)
+    lightweight = _lightweight(s) if _lightweight(s) is not None else params >= tflite.LIGHTWEIGHT_MIN_PARAMS
+    estimate = tflite.estimate_conversion_memory(params, s.precision, lightweight)
+    row = {"scenario": scenario_name(s), "unet": s.model, "precision": s.precision, "source": s.source,
+           "lightweight": _lightweight(s), "parameters": params, "estimated_peak_gib": round(estimate / 2**30, 2)}
     # Refuse now when it cannot fit even before waiting for the lock; the child checks again under
     # the lock, once the other heavy jobs have released their memory.
     available = tflite.available_memory()
@@ -177,74 +165,55 @@ def run_scenario(scenario: Scenario, work_root: Path) -> dict:
         row.update(status="refused", available_gib_at_start=round(available / 2**30, 2), error=(
             f"estimated peak {estimate / 2**30:.1f} GiB > {available / 2**30:.1f} GiB available; not converted"))
         return row
-    work_dir = work_root / scenario.name.replace("/", "_").replace(":", "_")
+    work_dir = work_root / scenario_name(s).replace("/", "_").replace(":", "_")
     work_dir.mkdir(parents=True, exist_ok=True)
-    result_file = work_dir / "row.json"
-    result_file.unlink(missing_ok=True)
-    cmd = ["flock", LOCK, sys.executable, __file__, "--child", json.dumps(asdict(scenario)),
-           "--work", str(work_dir), "--estimate", str(estimate)]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    row["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    if result_file.exists():
-        row.update(json.loads(result_file.read_text()))
+    argv = (["flock", lock] if lock else []) + [sys.executable, __file__, "--child"]
+    result, ran = run_task(argv, {"scenario": s.to_json(), "work": str(work_dir), "estimate": estimate},
+                           cwd=ROOT, env=child_env())
+    row["wall_seconds"] = round(ran.wall_s, 1)
+    if result["ok"]:
+        row.update({k: v for k, v in result.items() if k not in ("ok", "log_tail", "peak_rss_mb")})
+        if row.get("status") == "ok":
+            row["peak_rss_process_gib"] = round(result["peak_rss_mb"] / 2**10, 2)
     else:
         row["status"] = "failed"
-        tail = (proc.stderr or "").replace("\r", "\n").strip().splitlines()[-15:]
-        row["error"] = f"exit code {proc.returncode}" + (" (killed: out of memory?)" if proc.returncode < 0 else "")
-        row["stderr_tail"] = tail
+        row["error"] = result["error"]
+        row["stderr_tail"] = result["log_tail"].replace("\r", "\n").strip().splitlines()[-15:]
     return row
 
 
-def _child_main(scenario: Scenario, work_dir: Path, estimate: int) -> None:
+def _child(task: dict) -> dict:
+    """The child side: check the memory again under the lock, then convert; a failure is a row, not a crash."""
     from bksdm_edge.errors import BksdmError
     from bksdm_edge.export import tflite
 
-    out = work_dir / "row.json"
+    s, work_dir, estimate = Scenario(**task["scenario"]), Path(task["work"]), task["estimate"]
     available = tflite.available_memory()
     row = {"available_gib_at_start": round(available / 2**30, 2)}
     if estimate > available:
-        row.update(status="refused", error=(
-            f"estimated peak {estimate / 2**30:.1f} GiB > {available / 2**30:.1f} GiB available; not converted"))
-        out.write_text(json.dumps(row))
-        return
+        return {**row, "status": "refused", "error": (
+            f"estimated peak {estimate / 2**30:.1f} GiB > {available / 2**30:.1f} GiB available; not converted")}
     try:
-        row.update(run_child(scenario, work_dir), status="ok")
+        row.update(convert_and_validate(s, work_dir), status="ok")
     except BksdmError as err:
         row.update(status="failed", error=str(err))
     except Exception as err:  # record the failure in the table, as the benchmark's purpose is to find them
         row.update(status="failed", error=f"{type(err).__name__}: {str(err)[:800]}")
-    out.write_text(json.dumps(row))
-
-
-def machine_info() -> dict:
-    import psutil
-    import torch
-
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "ram_gib": round(psutil.virtual_memory().total / 2**30, 1), "torch": torch.__version__}
-    for pkg in ("litert-torch", "ai-edge-litert", "ai-edge-quantizer", "diffusers"):
-        from importlib.metadata import version
-
-        info[pkg] = version(pkg)
-    try:
-        info["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return info
+    return row
 
 
 def write_markdown(rows: list[dict], info: dict, path: Path) -> None:
     lines = [
         "# TFLite conversion of U-Nets (built-in architectures, random weights, default resolution: 512 px for sd-v1.4)",
         "",
+        machine_markdown(info) if "isa" in info or "cpu_flags" in info else
         "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
         "",
         "Peak RSS is sampled during `tflite.convert` only (building teacher + student is excluded);",
-        "`ru_maxrss` is the whole child process. Accuracy: TFLite vs PyTorch on the traced inputs (seed 0)",
-        "and an unseen seed (5).",
+        "`process peak` is the whole child process (`VmHWM`; older rows recorded `ru_maxrss`).",
+        "Accuracy: TFLite vs PyTorch on the traced inputs (seed 0) and an unseen seed (5).",
         "",
-        "| scenario | params (M) | status | est. peak GiB | peak RSS GiB | ru_maxrss GiB | convert s | file MiB |"
+        "| scenario | params (M) | status | est. peak GiB | peak RSS GiB | process peak GiB | convert s | file MiB |"
         " PSNR dB (s0/s5) | cosine (s5) | note |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -258,7 +227,8 @@ def write_markdown(rows: list[dict], info: dict, path: Path) -> None:
                 f"; {note}" if note else "")
         lines.append(
             f"| {r['scenario']} | {r['parameters'] / 1e6:.1f} | {r.get('status')} | {r['estimated_peak_gib']} | "
-            f"{r.get('peak_rss_convert_gib', '-')} | {r.get('ru_maxrss_gib', '-')} | {r.get('convert_seconds', '-')} | "
+            f"{r.get('peak_rss_convert_gib', '-')} | {r.get('peak_rss_process_gib', r.get('ru_maxrss_gib', '-'))} | "
+            f"{r.get('convert_seconds', '-')} | "
             f"{r.get('file_mib', '-')} | {psnr} | {cos} | {note.replace('|', '/')[:300]} |"
         )
     path.write_text("\n".join(lines) + "\n")
@@ -269,14 +239,11 @@ def main(argv=None) -> int:
     parser.add_argument("--scenarios", help="comma-separated [source/]unet:precision[:lw|:no-lw]; default: all")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/tflite_conversion")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bksdm-tflite-bench"))
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--estimate", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--lock", default=LOCK, help=f"flock file around each conversion ('' for none; default {LOCK})")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        fields = Scenario.__dataclass_fields__
-        _child_main(Scenario(**{k: v for k, v in json.loads(args.child).items() if k in fields}), args.work,
-                    args.estimate)
-        return 0
+        return task_main(_child, args.child)
 
     scenarios = [parse_scenario(s) for s in args.scenarios.split(",")] if args.scenarios else DEFAULT_SCENARIOS
     args.out.mkdir(parents=True, exist_ok=True)
@@ -284,11 +251,11 @@ def main(argv=None) -> int:
     previous = json.loads(json_path.read_text())["rows"] if json_path.exists() else []
     info = machine_info()
     rows = {r["scenario"]: r for r in previous}
-    for scenario in scenarios:
-        print(f"[tflite-bench] {scenario.name} ...", flush=True)
-        row = run_scenario(scenario, args.work)
-        print(f"[tflite-bench] {scenario.name}: {row.get('status')} {row.get('error', '')[:200]}", flush=True)
-        rows[scenario.name] = row
+    for s in scenarios:
+        print(f"[tflite-bench] {scenario_name(s)} ...", flush=True)
+        row = run_scenario(s, args.work, args.lock)
+        print(f"[tflite-bench] {scenario_name(s)}: {row.get('status')} {row.get('error', '')[:200]}", flush=True)
+        rows[scenario_name(s)] = row
         ordered = list(rows.values())
         json_path.write_text(json.dumps({"machine": info, "command": sys.argv, "rows": ordered}, indent=2))
         write_markdown(ordered, info, args.out / "results.md")
@@ -296,5 +263,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     sys.exit(main())

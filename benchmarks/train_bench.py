@@ -15,102 +15,107 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bksdm_edge.bench.child import child_env, run_task, task_main  # noqa: E402
+from bksdm_edge.bench.machine import machine_info, machine_markdown  # noqa: E402
+from bksdm_edge.bench.scenario import Scenario  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results" / "train"
+MIXED_PRECISION = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}  # scenario precision -> accelerate's name
 
 
 @dataclass(frozen=True)
-class Scenario:
-    """One measured training configuration."""
+class TrainRun:
+    """One measured training configuration: a bench ``Scenario`` plus what only training has.
+
+    The scenario's ``source`` is the teacher, ``model`` the student variant, ``batch`` the batch size,
+    ``repeats`` the timed steps after ``warmup`` untimed ones, ``precision`` the mixed precision
+    (``fp32`` = none), ``threads`` the torch intra-op threads on CPU (0: torch's default).
+    """
 
     name: str
-    teacher: str
-    variant: str
-    resolution: int
-    batch_size: int
+    scenario: Scenario
     cached: bool
-    steps: int = 8  # timed steps
-    warmup: int = 2
-    device: str = "cpu"
-    mixed_precision: str = "no"
     gradient_checkpointing: bool = False
-    threads: int = 0  # torch intra-op threads on CPU (0: torch's default)
+
+    @staticmethod
+    def make(name: str, teacher: str, variant: str, resolution: int, batch_size: int, cached: bool, steps: int = 8,
+             warmup: int = 2, device: str = "cpu", precision: str = "fp32", gradient_checkpointing: bool = False,
+             threads: int = 0) -> "TrainRun":
+        s = Scenario(model=variant, component="unet", backend="pytorch", precision=precision, resolution=resolution,
+                     batch=batch_size, threads=threads, device=device, repeats=steps, warmup=warmup, source=teacher)
+        return TrainRun(name, s, cached, gradient_checkpointing)
+
+    def with_batch(self, batch: int) -> "TrainRun":
+        return dataclasses.replace(self, scenario=dataclasses.replace(self.scenario, batch=batch))
+
+    def record(self) -> dict:
+        """The row's description columns (the names results/train/*.json have always used)."""
+        s = self.scenario
+        return {"name": self.name, "teacher": s.source, "variant": s.model, "resolution": s.resolution,
+                "batch_size": s.batch, "cached": self.cached, "steps": s.repeats, "warmup": s.warmup,
+                "device": s.device, "mixed_precision": MIXED_PRECISION[s.precision],
+                "gradient_checkpointing": self.gradient_checkpointing, "threads": s.threads}
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "scenario": self.scenario.to_json()}
+
+    @staticmethod
+    def from_json(d: dict) -> "TrainRun":
+        return TrainRun(**{**d, "scenario": Scenario(**d["scenario"])})
 
 
-def cpu_scenarios(threads: int) -> list[Scenario]:
-    tiny = Scenario("tiny-sd bk-small 64px", "builtin:tiny-sd", "bk-small", 64, 4, cached=False, steps=10,
-                    threads=threads)
-    mini = Scenario("mini-sd bk-small 128px", "builtin:mini-sd", "bk-small", 128, 2, cached=False, steps=5,
-                    threads=threads)
-    return [s for base in (tiny, mini) for s in (base, dataclasses.replace(base, cached=True))]
+def cpu_runs(threads: int) -> list[TrainRun]:
+    tiny = TrainRun.make("tiny-sd bk-small 64px", "builtin:tiny-sd", "bk-small", 64, 4, cached=False, steps=10,
+                         threads=threads)
+    mini = TrainRun.make("mini-sd bk-small 128px", "builtin:mini-sd", "bk-small", 128, 2, cached=False, steps=5,
+                         threads=threads)
+    return [r for base in (tiny, mini) for r in (base, dataclasses.replace(base, cached=True))]
 
 
-def cuda_scenarios(teacher_full: str, batch: int) -> list[Scenario]:
-    full = Scenario("SD-v1.4 -> BK-SDM-Small 512px fp16", teacher_full, "bk-small", 512, batch, cached=False,
-                    steps=10, warmup=3, device="cuda", mixed_precision="fp16", gradient_checkpointing=True)
-    tiny = Scenario("tiny-sd bk-small 64px", "builtin:tiny-sd", "bk-small", 64, 64, cached=False, device="cuda")
-    return [s for base in (tiny, full) for s in (base, dataclasses.replace(base, cached=True))]
-
-
-def machine() -> dict:
-    import psutil
-    import torch
-
-    cpu = platform.processor()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
-    return info
+def cuda_runs(teacher_full: str, batch: int) -> list[TrainRun]:
+    full = TrainRun.make("SD-v1.4 -> BK-SDM-Small 512px fp16", teacher_full, "bk-small", 512, batch, cached=False,
+                         steps=10, warmup=3, device="cuda", precision="fp16", gradient_checkpointing=True)
+    tiny = TrainRun.make("tiny-sd bk-small 64px", "builtin:tiny-sd", "bk-small", 64, 64, cached=False, device="cuda")
+    return [r for base in (tiny, full) for r in (base, dataclasses.replace(base, cached=True))]
 
 
 # ---- child process ------------------------------------------------------------------------------------------
 
 
-def build_cache_child(scenario: Scenario, data: Path, work: Path) -> dict:
+def build_cache_child(run: TrainRun, data: Path, work: Path) -> dict:
     """Encode the data set into ``work/cache`` (its own process, so training's peak memory excludes the encoders)."""
     import torch
 
     from bksdm_edge.distill import cache_latents
 
-    if scenario.threads:
-        torch.set_num_threads(scenario.threads)
+    s = run.scenario
+    if s.threads:
+        torch.set_num_threads(s.threads)
     started = time.perf_counter()
-    dtype = torch.float16 if scenario.mixed_precision == "fp16" else torch.float32
-    cache = cache_latents(scenario.teacher, data_config(scenario, data, work), work / "cache", device=scenario.device,
-                          dtype=dtype, progress=False)
-    return {"cache_build_s": round(time.perf_counter() - started, 2), "cache_rows": len(cache),
-            "cache_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    dtype = torch.float16 if s.precision == "fp16" else torch.float32
+    cache = cache_latents(s.source, data_config(run, data, work), work / "cache", device=s.device, dtype=dtype,
+                          progress=False)
+    return {"cache_build_s": round(time.perf_counter() - started, 2), "cache_rows": len(cache)}
 
 
-def data_config(scenario: Scenario, data: Path, work: Path):
+def data_config(run: TrainRun, data: Path, work: Path):
     from bksdm_edge.distill import DataConfig
 
-    return DataConfig(source=str(data), resolution=scenario.resolution,
-                      num_workers=0 if scenario.device == "cpu" else 4,
-                      cache_dir=str(work / "cache") if scenario.cached else None)
+    return DataConfig(source=str(data), resolution=run.scenario.resolution,
+                      num_workers=0 if run.scenario.device == "cpu" else 4,
+                      cache_dir=str(work / "cache") if run.cached else None)
 
 
-def train_child(scenario: Scenario, data: Path, work: Path) -> dict:
+def train_child(run: TrainRun, data: Path, work: Path) -> dict:
     """Train warmup + steps and measure the timed steps (median step time)."""
     import statistics
 
@@ -118,72 +123,69 @@ def train_child(scenario: Scenario, data: Path, work: Path) -> dict:
 
     from bksdm_edge.distill import CheckpointConfig, DistillConfig, distill, read_log
 
-    if scenario.threads:
-        torch.set_num_threads(scenario.threads)
+    s = run.scenario
+    if s.threads:
+        torch.set_num_threads(s.threads)
     config = DistillConfig(
-        teacher=scenario.teacher, variant=scenario.variant, out=str(work / "run"),
-        max_steps=scenario.warmup + scenario.steps, batch_size=scenario.batch_size,
-        mixed_precision=scenario.mixed_precision, gradient_checkpointing=scenario.gradient_checkpointing,
-        progress=False, report_to="none", data=data_config(scenario, data, work), checkpoint=CheckpointConfig(every=0),
+        teacher=s.source, variant=s.model, out=str(work / "run"), max_steps=s.warmup + s.repeats, batch_size=s.batch,
+        mixed_precision=MIXED_PRECISION[s.precision], gradient_checkpointing=run.gradient_checkpointing,
+        progress=False, report_to="none", data=data_config(run, data, work), checkpoint=CheckpointConfig(every=0),
     )
     started = time.perf_counter()
     distill(config)
     wall = time.perf_counter() - started
-    timed = read_log(work / "run")[scenario.warmup :]
+    timed = read_log(work / "run")[s.warmup :]
     step_s = statistics.median(r["seconds"] for r in timed)
     row = {
-        "images_per_s": round(scenario.batch_size / step_s, 3),
+        "images_per_s": round(s.batch / step_s, 3),
         "s_per_step_median": round(step_s, 4),
         "s_per_step_min_max": [round(min(r["seconds"] for r in timed), 4), round(max(r["seconds"] for r in timed), 4)],
         "run_wall_s": round(wall, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "torch_threads": torch.get_num_threads(),
         "last_losses": {k: round(v, 5) for k, v in timed[-1].items() if k.startswith("loss")},
     }
-    if scenario.device.startswith("cuda"):
+    if s.device.startswith("cuda"):
         row["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         row["gpu"] = torch.cuda.get_device_name(0)
     return row
 
 
 CHILDREN = {"cache": build_cache_child, "train": train_child}
+# The peak RSS the child protocol reads, under the name each stage's column has.
+PEAK_COLUMN = {"cache": "cache_peak_rss_mb", "train": "peak_rss_mb"}
 
 
-def _child(stage: str, scenario: Scenario, data: Path, work: Path) -> tuple[dict, str | None]:
-    cmd = [sys.executable, __file__, "--child", stage, "--scenario", json.dumps(dataclasses.asdict(scenario)),
-           "--data", str(data), "--work", str(work)]
-    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-    if scenario.threads:
-        env["OMP_NUM_THREADS"] = str(scenario.threads)
-    if scenario.device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""  # accelerate would pick a visible GPU
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    result = work / f"{stage}.json"
-    if proc.returncode == 0 and result.exists():
-        return json.loads(result.read_text()), None
-    tail = (proc.stderr or "").strip().splitlines()[-3:]
-    return {"oom": "out of memory" in (proc.stderr or "").lower()}, " | ".join(tail) or f"exit code {proc.returncode}"
+def _child(task: dict) -> dict:
+    return CHILDREN[task["stage"]](TrainRun.from_json(task["run"]), Path(task["data"]), Path(task["work"]))
 
 
-def measure(scenario: Scenario, data: Path, work_root: Path) -> dict:
-    """Run one scenario in child processes; a failure (OOM included) becomes a row with the error."""
+def measure(run: TrainRun, data: Path, work_root: Path) -> dict:
+    """Run one configuration in child processes; a failure (OOM included) becomes a row with the error."""
     work = Path(tempfile.mkdtemp(dir=work_root))
-    row = {**dataclasses.asdict(scenario), "ok": False}
-    for stage in (("cache", "train") if scenario.cached else ("train",)):
-        values, error = _child(stage, scenario, data, work)
-        row.update(values)
-        if error:
-            row["error"] = f"{stage}: {error}"
+    s = run.scenario
+    row = {**run.record(), "ok": False}
+    extra = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    if s.device == "cpu":
+        extra["CUDA_VISIBLE_DEVICES"] = ""  # accelerate would pick a visible GPU
+    env = child_env(threads=s.threads or None, **extra)
+    for stage in (("cache", "train") if run.cached else ("train",)):
+        result, _ = run_task([sys.executable, __file__, "--child"],
+                             {"stage": stage, "run": run.to_json(), "data": str(data), "work": str(work)}, env=env)
+        if not result["ok"]:
+            row["oom"] = "out of memory" in result["log_tail"].lower()
+            row["error"] = f"{stage}: {result['error']}"
             return row
+        row.update({k: v for k, v in result.items() if k not in ("ok", "log_tail", "peak_rss_mb")})
+        row[PEAK_COLUMN[stage]] = round(result["peak_rss_mb"], 1)
     row["ok"] = True
     return row
 
 
-def batch_search(base: Scenario, data: Path, work_root: Path, start: int) -> list[dict]:
+def batch_search(base: TrainRun, data: Path, work_root: Path, start: int) -> list[dict]:
     """Double the batch from ``start`` until a run fails (CUDA OOM); every try is a row."""
     rows, batch = [], start
     while True:
-        row = measure(dataclasses.replace(base, batch_size=batch), data, work_root)
+        row = measure(base.with_batch(batch), data, work_root)
         rows.append(row)
         print(json.dumps({k: row.get(k) for k in ("name", "cached", "batch_size", "ok", "images_per_s",
                                                   "peak_cuda_mb", "error")}), flush=True)
@@ -195,13 +197,13 @@ def batch_search(base: Scenario, data: Path, work_root: Path, start: int) -> lis
 # ---- report ---------------------------------------------------------------------------------------------------
 
 
-def to_markdown(info: dict, rows: list[dict]) -> str:
+def to_markdown(info: dict, rows: list[dict], command: str) -> str:
     lines = [
         "# Distillation training benchmark",
         "",
-        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items() if k != "command"),
+        machine_markdown(info),
         "",
-        f"Command: `{info.get('command', '')}`",
+        f"Command: `{command}`",
         "",
         "| scenario | cache | device | batch | res | images/s | s/step (median) | peak RSS MB | peak CUDA MB | cache build s | "
         "status |",
@@ -226,38 +228,33 @@ def main(argv=None) -> int:
     p.add_argument("--start-batch", type=int, default=8, help="first batch of the CUDA batch search")
     p.add_argument("--rows", type=int, default=0, help="synthetic rows (default: enough for the largest batch)")
     p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
-    p.add_argument("--scenario", help=argparse.SUPPRESS)
-    p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.child:
-        row = CHILDREN[args.child](Scenario(**json.loads(args.scenario)), args.data, args.work)
-        (args.work / f"{args.child}.json").write_text(json.dumps(row))
-        return 0
+        return task_main(_child, args.child)
 
     from bksdm_edge.distill.synthetic import make_synthetic_folder
 
-    info = {**machine(), "command": " ".join(["python", "benchmarks/train_bench.py", *(argv or sys.argv[1:])])}
+    info = machine_info()
+    command = " ".join(["python", "benchmarks/train_bench.py", *(argv if argv is not None else sys.argv[1:])])
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bksdm-train-bench-") as tmp:
         tmp = Path(tmp)
         if args.device == "cpu":
-            scenarios = cpu_scenarios(args.threads)
             data = make_synthetic_folder(tmp / "data", rows=args.rows or 32, size=128)
-            for s in scenarios:
-                rows.append(measure(s, data, tmp))
+            for run in cpu_runs(args.threads):
+                rows.append(measure(run, data, tmp))
                 print(json.dumps({k: rows[-1].get(k) for k in ("name", "cached", "ok", "images_per_s",
                                                                "peak_rss_mb", "error")}), flush=True)
         else:
             data = make_synthetic_folder(tmp / "data", rows=args.rows or 512, size=512)
-            for base in cuda_scenarios(args.teacher_full, args.start_batch):
+            for base in cuda_runs(args.teacher_full, args.start_batch):
                 rows.extend(batch_search(base, data, tmp, args.start_batch))
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"train_bench_{args.device}"
-    (args.out / f"{stem}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
-    (args.out / f"{stem}.md").write_text(to_markdown(info, rows))
+    (args.out / f"{stem}.json").write_text(json.dumps({"machine": info, "command": command, "rows": rows}, indent=2))
+    (args.out / f"{stem}.md").write_text(to_markdown(info, rows, command))
     print(f"wrote {args.out / stem}.json and .md")
     return 0 if all(r["ok"] for r in rows) or args.device == "cuda" else 1
 

@@ -36,24 +36,6 @@ def _cli_step(title: str, args: list[str]) -> Step:
     return Step(title, lambda: cli(args), "$ bksdm-edge " + " ".join(args))
 
 
-def write_digits_imagefolder(out: Path, resolution: int) -> int:
-    """The digits training split as an image folder with ``metadata.jsonl`` (the paper's LAION layout)."""
-    from PIL import Image
-
-    from .quality.digits import CAPTION_TEMPLATES, caption, load_digit_split, upscale
-
-    split = load_digit_split()
-    images = (upscale(split.train_images, resolution) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "metadata.jsonl", "w") as meta:
-        for i, (img, label) in enumerate(zip(images, split.train_labels.tolist())):
-            name = f"{i:05d}.png"
-            Image.fromarray(img).save(out / name)
-            meta.write(json.dumps({"file_name": name, "text": caption(label, i % len(CAPTION_TEMPLATES))}) + "\n")
-    print(f"wrote {len(images)} images + metadata.jsonl to {out}")
-    return 0
-
-
 def digits_report(teacher: str, bundle: Path, out: Path, seeds: int, steps: int) -> int:
     """Generate every digit prompt x ``seeds`` with the teacher (PyTorch) and the bundle (onnxruntime); score both."""
     import numpy as np
@@ -89,6 +71,8 @@ def digits_report(teacher: str, bundle: Path, out: Path, seeds: int, steps: int)
 
 def steps(out: Path, teacher: str, variant: str, distill_steps: int, seeds: int) -> list[Step]:
     """The main job as data."""
+    from .quality.digits import write_digits_imagefolder
+
     student, run, data, bundle = out / f"student-{variant}", out / "distill", out / "digits", out / "bundle-onnx-fp32"
     resolution = str(BUILTINS[teacher.split(":", 1)[1]].default_resolution)
     is_digits = teacher.endswith("mini-sd-digits")
@@ -102,7 +86,8 @@ def steps(out: Path, teacher: str, variant: str, distill_steps: int, seeds: int)
     if is_digits:
         job += [
             Step("Write the digits training split as an image folder",
-                 lambda: write_digits_imagefolder(data, int(resolution))),
+                 lambda: print(f"wrote {write_digits_imagefolder(data, int(resolution))} images + metadata.jsonl "
+                               f"to {data}")),
             _cli_step(f"Distil {variant} for {distill_steps} steps (task + output KD + feature KD)",
                       ["distill", "--teacher", teacher, "--variant", variant, "--student", str(student),
                        "--data", str(data), "--out", str(run), "--resolution", resolution, "--no-flip",

@@ -13,46 +13,36 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BksdmError
+from .rows import ColumnTypeError, coerce, empty_row
 
 REQUIRED = ("model", "component", "backend", "precision", "device")
-NUMERIC = {"median_s", "p90_s", "min_s", "mean_s", "cold_s", "first_run_s", "load_s", "peak_rss_mb",
-           "peak_gpu_mb", "size_mb", "baseline_rss_mb"}
-INTEGER = {"batch", "resolution", "threads", "repeats", "warmup", "steps"}
+# What an imported row is assumed to be when the file does not say: the paper's shape, threads unknown.
+IMPORT_DEFAULTS = {"batch": 1, "resolution": 512, "threads": None, "source": "imported"}
 
 
 class ImportFormatError(BksdmError, ValueError):
     """An import file that does not follow the documented format."""
 
 
-def _coerce(row: dict[str, Any], where: str) -> dict[str, Any]:
-    missing = [k for k in REQUIRED if not row.get(k)]
+def import_row(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """One imported row: every results column (``rows.COLUMNS``), typed, with ``IMPORT_DEFAULTS`` for the gaps."""
+    missing = [k for k in REQUIRED if not values.get(k)]
     if missing:
         raise ImportFormatError(f"{where}: missing {', '.join(missing)}")
-    if row.get("median_s") in (None, "") and not row.get("error"):
+    if values.get("median_s") in (None, "") and not values.get("error"):
         raise ImportFormatError(f"{where}: needs median_s (seconds) or an error")
-    clean: dict[str, Any] = {}
-    for k, v in row.items():
-        if v == "" or v is None:
-            clean[k] = None
-        elif k in NUMERIC:
-            clean[k] = float(v)
-        elif k in INTEGER:
-            clean[k] = int(float(v))
-        else:
-            clean[k] = v
-    clean.setdefault("batch", 1)
-    clean.setdefault("resolution", 512)
-    clean.setdefault("threads", None)
-    clean.setdefault("source", "imported")
-    clean.setdefault("error", None)
-    clean["imported_from"] = where.split(":")[0]
-    return clean
+    try:
+        typed = {k: coerce(k, v) for k, v in values.items()}
+    except ColumnTypeError as err:
+        raise ImportFormatError(f"{where}: {err}") from None
+    row = empty_row(**IMPORT_DEFAULTS)
+    row.update({k: v for k, v in typed.items() if v is not None or k not in IMPORT_DEFAULTS})
+    row["imported_from"] = where.split(":")[0]
+    return row
 
 
 def load_rows(path: str | Path) -> list[dict[str, Any]]:
     """Read an import file (JSON or CSV) into result rows (see the module docstring)."""
-    from .runner import base_row
-
     path = Path(path)
     if not path.exists():
         raise ImportFormatError(f"import file {path} does not exist")
@@ -65,20 +55,4 @@ def load_rows(path: str | Path) -> list[dict[str, Any]]:
             raw_rows, defaults = doc, {}
         else:
             raw_rows, defaults = doc.get("rows", []), doc.get("defaults", {})
-    rows = []
-    for i, r in enumerate(raw_rows, 1):
-        merged = {**defaults, **r}
-        row = base_row_from(merged, base_row)
-        row.update(_coerce(merged, f"{path}:{i}"))
-        rows.append(row)
-    return rows
-
-
-def base_row_from(values: dict[str, Any], base_row) -> dict[str, Any]:
-    """An empty result row with the schema's columns (filled by the caller)."""
-    from types import SimpleNamespace
-
-    fields = ("model", "component", "backend", "precision", "batch", "resolution", "threads", "device",
-              "repeats", "warmup", "source")
-    # ``steps`` (denoising steps of a whole ``generate`` run) is optional in imported rows.
-    return base_row(SimpleNamespace(**{k: values.get(k) for k in fields}, run_steps=values.get("steps")))
+    return [import_row({**defaults, **r}, f"{path}:{i}") for i, r in enumerate(raw_rows, 1)]

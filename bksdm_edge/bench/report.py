@@ -7,15 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-# The CSV schema (documented in benchmarks/README.md); JSON rows carry these plus raw times.
-CSV_COLUMNS = (
-    "model", "component", "backend", "precision", "variant", "batch", "resolution", "threads", "device", "steps",
-    "median_s", "p90_s", "min_s", "mean_s", "cold_s", "first_run_s", "load_s", "repeats", "warmup",
-    "peak_rss_mb", "baseline_rss_mb", "peak_gpu_mb", "size_mb", "export_s", "export_peak_rss_mb", "macs_g",
-    "speedup_vs_teacher", "mem_ratio_vs_teacher", "size_ratio_vs_teacher", "macs_ratio_vs_teacher",
-    "speedup_vs_teacher_pytorch_fp32", "load_average_1m", "source", "error",
-)
-
+from .machine import machine_markdown
+from .rows import CSV_COLUMNS
 
 def _fmt(v: Any, digits: int = 3) -> str:
     if v is None or v == "":
@@ -58,25 +51,6 @@ def markdown_table(rows: list[dict]) -> str:
             cells.append(_fmt(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def machine_markdown(doc: dict) -> str:
-    m = doc["machine"]
-    v = m.get("versions", {})
-    load = f"{m.get('load_average')} at start, {doc.get('load_average_end')} at end (1/5/15 min)"
-    loaded = ""
-    cpus = m.get("usable_cpus") or m.get("logical_cpus") or 1
-    la = [x for x in (m.get("load_average") or [0])[:1] + (doc.get("load_average_end") or [0])[:1]]
-    if max(la) > 0.75 * cpus:
-        loaded = (f"\n\n**Timings were taken on a loaded machine** (1-min load average up to {max(la):.1f} on "
-                  f"{cpus} usable CPUs): other jobs shared the cores, so absolute times are pessimistic and "
-                  "noisier than on an idle machine; ratios measured back to back are more reliable.")
-    return (f"- CPU: {m.get('cpu')} ({m.get('physical_cores')} physical cores, {m.get('logical_cpus')} logical, "
-            f"{cpus} usable by this process); SIMD: {' '.join(m.get('cpu_flags') or []) or 'n/a'}\n"
-            f"- RAM: {m.get('ram_gb')} GB ({m.get('ram_available_gb')} GB available at start); "
-            f"GPU: {', '.join(m.get('gpu') or []) or 'none'}\n"
-            f"- OS: {m.get('os')}\n- Load average: {load}\n"
-            f"- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + loaded)
 
 
 def plot(rows: list[dict], out_dir: Path) -> list[Path]:
@@ -138,7 +112,7 @@ def write_report(doc: dict, out_dir: Path, plots: bool = True) -> list[Path]:
     md = [f"# Benchmark `{doc['name']}`", "",
           f"Run {doc['started']} -> {doc['finished'] or '(in progress / stopped: partial results)'}; "
           f"command: `{doc.get('command', '')}`", "",
-          "## Machine", "", machine_markdown(doc), "",
+          "## Machine", "", machine_markdown(doc["machine"], doc.get("load_average_end")), "",
           "## Results", "",
           "Latency per call (one U-Net step for `unet`); median/p90/min over the timed repeats, warm-up runs "
           "excluded; `cold` = load + first run. Ratios compare each row with the teacher on the same backend, "

@@ -6,9 +6,7 @@ import importlib
 import json
 import os
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -16,102 +14,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .backends import BackendUnavailable, artifact_dir, get_backend, read_meta
+from .child import child_env, run_task
+from .rows import MEASURED_COLUMNS, scenario_row
 from .scenario import BenchConfig, Scenario
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bksdm-edge" / "bench"
+WORKER = (sys.executable, "-m", "bksdm_edge.bench.worker")
 
 
-@dataclass
-class ChildResult:
-    result: dict[str, Any]
-    peak_rss_mb: float | None
-    wall_s: float
-    returncode: int | None
-
-
-def _maxrss_mb(ru_maxrss: int) -> float:
-    # Linux reports KiB, macOS bytes.
-    return ru_maxrss / 2**20 if sys.platform == "darwin" else ru_maxrss / 2**10
-
-
-def run_child(task: dict, timeout_s: float, env: dict[str, str] | None = None) -> ChildResult:
-    """Run one worker task in a fresh process; peak RSS is that process's alone."""
-    with tempfile.TemporaryDirectory(prefix="bksdm-bench-") as tmp:
-        task_file, result_file = Path(tmp) / "task.json", Path(tmp) / "result.json"
-        task_file.write_text(json.dumps(task, default=str))
-        start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "bksdm_edge.bench.worker", str(task_file), str(result_file)],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        log_file = Path(tmp) / "log.txt"
-        # Drain output on a thread so a chatty child never blocks on a full pipe.
-        import threading
-
-        chunks: list[bytes] = []
-        reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stdout.read(65536), b"")), daemon=True)
-        reader.start()
-        status, rusage, timed_out = None, None, False
-        try:
-            while True:
-                pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
-                if pid:
-                    break
-                if time.perf_counter() - start > timeout_s:
-                    timed_out = True
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    _, status, rusage = os.wait4(proc.pid, 0)
-                    break
-                time.sleep(0.05)
-        except BaseException:  # stopping the run stops its worker (it runs in its own session)
-            os.killpg(proc.pid, signal.SIGKILL)
-            os.wait4(proc.pid, 0)
-            raise
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        reader.join(timeout=5)
-        wall = time.perf_counter() - start
-        output = b"".join(chunks).decode(errors="replace")
-        log_file.write_text(output)
-        if result_file.exists():
-            result = json.loads(result_file.read_text())
-        elif timed_out:
-            result = {"ok": False, "error": f"timed out after {timeout_s:.0f} s"}
-        elif proc.returncode < 0:
-            sig = signal.Signals(-proc.returncode).name
-            hint = " (killed: out of memory?)" if sig == "SIGKILL" else ""
-            result = {"ok": False, "error": f"worker died with {sig}{hint}"}
-        else:
-            tail = output.strip().splitlines()[-1:] or ["no output"]
-            result = {"ok": False, "error": f"worker exited with {proc.returncode}: {tail[0][:500]}"}
-        result["log_tail"] = output[-4000:]
-        # The worker's own reading (VmHWM) is exact; wait4's ru_maxrss is the fallback for a child that died,
-        # and on Linux it may include the forking parent's RSS (see worker.peak_rss_mb).
-        peak = result.get("peak_rss_mb") or (_maxrss_mb(rusage.ru_maxrss) if rusage else None)
-        return ChildResult(result, peak, wall, proc.returncode)
-
-
-def _child_env(s: Scenario) -> dict[str, str]:
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[var] = str(s.threads)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
-    return env
-
-
-def base_row(s: Scenario) -> dict[str, Any]:
-    return {
-        "model": s.model, "component": s.component, "backend": s.backend, "precision": s.precision,
-        "variant": getattr(s, "variant", "") or "",
-        "batch": s.batch, "resolution": s.resolution, "threads": s.threads, "device": s.device,
-        "steps": s.run_steps,
-        "repeats": s.repeats, "warmup": s.warmup, "source": s.source,
-        "median_s": None, "p90_s": None, "min_s": None, "mean_s": None, "cold_s": None, "first_run_s": None,
-        "load_s": None, "peak_rss_mb": None, "peak_gpu_mb": None, "baseline_rss_mb": None, "size_mb": None,
-        "export_s": None, "export_peak_rss_mb": None,
-        "speedup_vs_teacher": None, "mem_ratio_vs_teacher": None, "size_ratio_vs_teacher": None,
-        "macs_ratio_vs_teacher": None, "speedup_vs_teacher_pytorch_fp32": None, "macs_g": None,
-        "times_s": [], "warmup_s": [], "error": None,
-    }
+def run_worker(kind: str, s: Scenario, cache: Path, plugins: list[str]) -> dict[str, Any]:
+    """One worker task (``prepare`` or ``measure``) for ``s`` in a fresh process; its result with ``peak_rss_mb``."""
+    result, _ = run_task(WORKER, {"kind": kind, "scenario": s.to_json(), "cache": str(cache), "plugins": plugins},
+                         timeout_s=s.timeout_s, env=child_env(s.threads))
+    return result
 
 
 @dataclass
@@ -129,13 +44,12 @@ class Runner:
         meta = read_meta(adir)
         if meta is None:
             self.log(f"  preparing {adir.relative_to(self.cache)}")
-            child = run_child({"kind": "prepare", "scenario": s.to_json(), "cache": str(self.cache),
-                               "plugins": self.plugins}, s.timeout_s, _child_env(s))
-            if not child.result.get("ok"):
-                row["error"] = "export failed: " + child.result.get("error", "unknown")
+            result = run_worker("prepare", s, self.cache, self.plugins)
+            if not result.get("ok"):
+                row["error"] = "export failed: " + result.get("error", "unknown")
                 return False
             meta = read_meta(adir)
-            meta["export_peak_rss_mb"] = child.peak_rss_mb
+            meta["export_peak_rss_mb"] = result["peak_rss_mb"]
             (adir / "artifact.json").write_text(json.dumps(meta, indent=2, default=str))
         row["export_s"] = meta.get("export_s")
         row["export_peak_rss_mb"] = meta.get("export_peak_rss_mb")
@@ -144,7 +58,7 @@ class Runner:
         return True
 
     def run_scenario(self, s: Scenario) -> dict[str, Any]:
-        row = base_row(s)
+        row = scenario_row(s)
         try:
             get_backend(s.backend).check(s)
         except BackendUnavailable as err:
@@ -160,16 +74,12 @@ class Runner:
             except Exception as err:  # noqa: BLE001 - recorded in the row
                 row["error"] = f"{type(err).__name__}: {err}"
             return row
-        child = run_child({"kind": "measure", "scenario": s.to_json(), "cache": str(self.cache),
-                           "plugins": self.plugins}, s.timeout_s, _child_env(s))
-        res = child.result
+        res = run_worker("measure", s, self.cache, self.plugins)
         if not res.get("ok"):
             row["error"] = res.get("error", "unknown")
             return row
-        for k in ("median_s", "p90_s", "min_s", "mean_s", "cold_s", "first_run_s", "load_s", "peak_gpu_mb",
-                  "baseline_rss_mb", "times_s", "warmup_s"):
-            row[k] = res.get(k)
-        row["peak_rss_mb"] = child.peak_rss_mb
+        row.update({k: res.get(k) for k in MEASURED_COLUMNS})
+        row["peak_rss_mb"] = res["peak_rss_mb"]
         return row
 
 
@@ -253,13 +163,10 @@ def paper_macs(scenarios: list[Scenario], log: Callable[[str], None] = print) ->
 STOPPED = "not measured: the run was stopped before this scenario"
 
 
-def _row_key(r) -> tuple:
-    get = (lambda k: r[k]) if isinstance(r, dict) else (lambda k: getattr(r, k))
-    key = tuple(get(k) for k in ("source", "model", "component", "backend", "precision", "resolution", "batch",
-                                 "threads", "device"))
-    if isinstance(r, dict):
-        return key + (r.get("variant") or "", r.get("steps"))
-    return key + (r.variant or "", r.run_steps)
+def _row_key(r: dict[str, Any]) -> tuple:
+    """What identifies a row's scenario (for resuming a stopped run)."""
+    return tuple(r.get(k) for k in ("source", "model", "component", "backend", "precision", "resolution", "batch",
+                                    "threads", "device")) + (r.get("variant") or "", r.get("steps"))
 
 
 def run_benchmark(config: BenchConfig, out_dir: str | Path, *, cache: str | Path | None = None,
@@ -326,11 +233,11 @@ def run_benchmark(config: BenchConfig, out_dir: str | Path, *, cache: str | Path
     old_handler = signal.signal(signal.SIGTERM, on_term)
     try:
         for i, s in enumerate(order, 1):
-            if _row_key(s) in previous:
-                rows.append(previous[_row_key(s)])
+            if _row_key(scenario_row(s)) in previous:
+                rows.append(previous[_row_key(scenario_row(s))])
                 continue
             if finalize:
-                rows.append({**base_row(s), "error": STOPPED})
+                rows.append(scenario_row(s) | {"error": STOPPED})
                 continue
             log(f"[{i}/{len(order)}] {s.label}")
             t0 = time.perf_counter()
@@ -343,7 +250,7 @@ def run_benchmark(config: BenchConfig, out_dir: str | Path, *, cache: str | Path
                 write_report(document(final=False), out_dir, plots=False)
     except KeyboardInterrupt:
         done = {_row_key(r) for r in rows}
-        rows.extend({**base_row(s), "error": STOPPED} for s in order if _row_key(s) not in done)
+        rows.extend(scenario_row(s) | {"error": STOPPED} for s in order if _row_key(scenario_row(s)) not in done)
         log("stopped: the scenarios not reached are recorded as not measured")
     finally:
         signal.signal(signal.SIGTERM, old_handler)

@@ -1,8 +1,8 @@
 """Worker process: ``python -m bksdm_edge.bench.worker TASK.json RESULT.json``.
 
-Each scenario's preparation (export) and measurement run in their own process, so the
-parent can read that process's own peak resident memory (``os.wait4``) and a crash or
-an out-of-memory kill costs one row, not the run.
+Each scenario's preparation (export) and measurement run in their own process (``child.run_task``),
+so the row's peak resident memory is that process's own and a crash or an out-of-memory kill costs
+one row, not the run.
 
 Measurement protocol (one process, nothing else loaded before):
 1. import the back-end's runtime, note the baseline RSS;
@@ -16,14 +16,14 @@ Measurement protocol (one process, nothing else loaded before):
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
+
+from .child import THREAD_VARS, task_main
 
 
 def _rss_mb() -> float | None:
@@ -33,24 +33,6 @@ def _rss_mb() -> float | None:
         return psutil.Process().memory_info().rss / 2**20
     except Exception:
         return None
-
-
-def peak_rss_mb() -> float | None:
-    """This process's own peak RSS.
-
-    Linux: ``VmHWM`` of /proc/self/status, which starts afresh at exec; ``ru_maxrss`` would not
-    (the kernel carries the forking parent's RSS across exec into the child's maximum).
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def measure(s, cache: Path) -> dict:
@@ -109,34 +91,22 @@ def measure(s, cache: Path) -> dict:
     return out
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    task = json.loads(Path(argv[0]).read_text())
-    result_path = Path(argv[1])
+def run(task: dict) -> dict:
+    """One task of the runner: ``prepare`` (export the artifact) or ``measure`` (time it)."""
     for module in task.get("plugins", []):
         importlib.import_module(module)
     from .scenario import Scenario
 
     s = Scenario(**task["scenario"])
-    cache = Path(task["cache"])
-    threads = str(s.threads)
     # Thread pools of numpy/MKL/OpenMP read these at import; set before the runtime loads.
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ.setdefault(var, threads)
-    try:
-        if task["kind"] == "prepare":
-            from .backends import prepare_artifact
+    for var in THREAD_VARS:
+        os.environ.setdefault(var, str(s.threads))
+    if task["kind"] == "prepare":
+        from .backends import prepare_artifact
 
-            result = {"ok": True, **prepare_artifact(s, cache)}
-        else:
-            result = {"ok": True, **measure(s, cache)}
-    except BaseException as err:  # noqa: BLE001 - every failure becomes a row's error
-        last = traceback.format_exception_only(type(err), err)[-1].strip()
-        result = {"ok": False, "error": last[:2000], "traceback": traceback.format_exc()[-8000:]}
-    result["peak_rss_mb"] = peak_rss_mb()
-    result_path.write_text(json.dumps(result, default=str))
-    return 0 if result["ok"] else 1
+        return prepare_artifact(s, Path(task["cache"]))
+    return measure(s, Path(task["cache"]))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(task_main(run, sys.argv[1:]))

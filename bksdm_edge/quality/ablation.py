@@ -83,7 +83,7 @@ def _eval_cfg(cfg: AblationConfig):
 
 
 def ensure_data(work: Path) -> Path:
-    from ..main_job import write_digits_imagefolder
+    from .digits import write_digits_imagefolder
 
     data = work / "data"
     if not (data / "metadata.jsonl").exists():

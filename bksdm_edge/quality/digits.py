@@ -103,6 +103,23 @@ def upscale(images: torch.Tensor, size: int) -> torch.Tensor:
     return big.expand(-1, 3, -1, -1).contiguous()
 
 
+def write_digits_imagefolder(out: str | Path, resolution: int) -> int:
+    """Write the digits training split as an image folder with ``metadata.jsonl`` (the paper's LAION layout:
+    ``file_name`` + ``text``, captions cycling through ``CAPTION_TEMPLATES``); returns the number of images."""
+    from PIL import Image
+
+    split = load_digit_split()
+    images = (upscale(split.train_images, resolution) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "metadata.jsonl", "w") as meta:
+        for i, (img, label) in enumerate(zip(images, split.train_labels.tolist())):
+            name = f"{i:05d}.png"
+            Image.fromarray(img).save(out / name)
+            meta.write(json.dumps({"file_name": name, "text": caption(label, i % len(CAPTION_TEMPLATES))}) + "\n")
+    return len(images)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Digit scorer
 # ----------------------------------------------------------------------------------------------------------------
