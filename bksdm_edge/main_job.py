@@ -38,24 +38,21 @@ def _cli_step(title: str, args: list[str]) -> Step:
 
 def digits_report(teacher: str, bundle: Path, out: Path, seeds: int, steps: int) -> int:
     """Generate every digit prompt x ``seeds`` with the teacher (PyTorch) and the bundle (onnxruntime); score both."""
-    import numpy as np
-    import torch
-
     from .generate import BundlePipeline
     from .loading import load_model
-    from .quality.digits import DigitEvalConfig, caption, generate_digits, image_grid, score_digits
+    from .quality.digits import DigitEvalConfig, generate_bundle_digits, generate_digits, image_grid, score_digits
 
     cfg = DigitEvalConfig(seeds=seeds, steps=steps)
     model = load_model(teacher)
     resolution = BUILTINS[teacher.split(":", 1)[1]].default_resolution
-    teacher_images, digits = generate_digits(model.to_pipeline(), cfg, resolution)
-    pipe = BundlePipeline(bundle)
-    student_images = torch.from_numpy(np.stack([
-        pipe(caption(d), steps=steps, guidance=cfg.guidance_scale, seed=s)[0] for d in range(10) for s in range(seeds)
-    ])).permute(0, 3, 1, 2)
+    pipe = model.to_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    teacher_images, digits = generate_digits(pipe, cfg, resolution)
+    bundle_pipe = BundlePipeline(bundle)
+    student_images, _ = generate_bundle_digits(bundle_pipe, cfg)
     scores = {
         "teacher (PyTorch)": score_digits(teacher_images, digits, resolution=resolution),
-        f"student bundle ({pipe.manifest['format']} {pipe.manifest['precision']})":
+        f"student bundle ({bundle_pipe.manifest['format']} {bundle_pipe.manifest['precision']})":
             score_digits(student_images, digits, resolution=resolution),
     }
     image_grid(teacher_images, rows=10, scale=3).save(out / "grid_teacher.png")

@@ -9,9 +9,13 @@ One definition of each, numpy only (no torch import), so every PSNR in the proje
   callers that need to tell "identical" apart check ``np.array_equal`` themselves.
 * ``cosine``: cosine similarity of the flattened arrays.
 * ``error_metrics``: the four numbers a validation or conversion report records (max/mean |diff|, PSNR, cosine).
+* ``feature_stats`` / ``frechet_distance``: the FID formula on any features (Inception for ``bksdm-edge eval``,
+  the digit scorer's for the digits teacher).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -55,3 +59,50 @@ def error_metrics(reference: np.ndarray, actual: np.ndarray, peak: float | None 
         "psnr_db": psnr(reference, actual, peak),
         "cosine": cosine(reference, actual),
     }
+
+
+def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (unbiased) covariance of (N, D) features, in float64."""
+    f = np.asarray(features, dtype=np.float64)
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+SQRTM_MAX_RESIDUAL = 1e-3  # relative ||R R - A|| above which the square root is recomputed with an offset
+
+
+def _sqrtm(a: np.ndarray) -> tuple[np.ndarray, float]:
+    """scipy's matrix square root and its relative residual.
+
+    Covariances of fewer samples than feature dimensions, or of features that are always zero (ReLU units that
+    never fire), are singular; scipy then warns that the root "might be inaccurate". Whether it is, the
+    residual says: the caller checks it instead of printing a warning that is almost always harmless.
+    """
+    from scipy import linalg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        root = linalg.sqrtm(a)
+    if not np.isfinite(root).all():
+        return root, float("inf")
+    norm = float(np.linalg.norm(a)) or 1.0
+    return root, float(np.linalg.norm(root @ root - a) / norm)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Fréchet distance between two Gaussians (the FID formula), with scipy.linalg.sqrtm.
+
+    ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)); as in pytorch-fid, a tiny diagonal offset is added when the
+    square root of the product is not usable (non-finite, or off by more than ``SQRTM_MAX_RESIDUAL``), and the
+    imaginary part left by rounding is dropped.
+    """
+    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
+    s1, s2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    if mu1.shape != mu2.shape or s1.shape != s2.shape:
+        raise ValueError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
+    diff = mu1 - mu2
+    covmean, residual = _sqrtm(s1 @ s2)
+    if residual > SQRTM_MAX_RESIDUAL:
+        offset = np.eye(s1.shape[0]) * 1e-6
+        covmean, _ = _sqrtm((s1 + offset) @ (s2 + offset))
+    covmean = covmean.real if np.iscomplexobj(covmean) else covmean
+    return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean), 0.0))

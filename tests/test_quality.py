@@ -137,3 +137,31 @@ def test_shipped_teacher_loads_as_builtin():
     assert list(cfg.down_block_types) == ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"]
     assert cfg.mid_block_type == "UNetMidBlock2DCrossAttn" and cfg.layers_per_block == 2
     assert model.vae_scale_factor == 2 and model.unet.config.sample_size == 16
+
+
+def test_image_psnr_counts_identical_images_and_pools_the_rest():
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    out = ref.copy()
+    out[2, 0, 0, 0] ^= 1  # one pixel differs by 1: MSE = 1/192 -> 10*log10(255^2*192)
+    res = digits.image_psnr(ref, out)
+    assert res["identical_images"] == 3 and res["psnr_images"] == 4
+    assert res["psnr_db_min"] == pytest.approx(10 * np.log10(255.0**2 * 192), abs=1e-3)
+    assert res["psnr_db_pooled"] == pytest.approx(10 * np.log10(255.0**2 * 192 * 4), abs=1e-3)
+    assert digits.image_psnr(ref, ref)["psnr_db_pooled"] == float("inf")
+
+
+def test_frechet_distance_of_singular_covariances_is_silent_and_exact():
+    """Dead ReLU features (always 0) make the covariances singular: no scipy warning, the trace formula holds."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    a, b = np.maximum(rng.standard_normal((50, 16)), 0), np.maximum(rng.standard_normal((360, 16)) * 2, 0)
+    a[:, :3] = 0
+    stats_a, stats_b = digits.feature_stats(a), digits.feature_stats(b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fd = digits.frechet_distance(*stats_a, *stats_b)
+    (mu1, s1), (mu2, s2) = stats_a, stats_b
+    tr_sqrt = np.sqrt(np.linalg.eigvals(s1 @ s2).astype(complex)).real.sum()  # torchmetrics' formulation
+    assert fd == pytest.approx(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt, rel=1e-9)

@@ -1,5 +1,6 @@
 """BK-SDM ablation at small scale (issue 7 part 3): init x losses x variant x seed on the digits teacher,
-plus export quality of each variant's full-recipe student. Library: ``bksdm_edge.quality.ablation``.
+plus export quality of each variant's full-recipe student. Setups, jobs and tables: ``ablation_jobs.py`` beside
+this script.
 
     python benchmarks/mini_sd/ablation.py --steps 40 --eval-seeds 3 --workers 2
     python benchmarks/mini_sd/ablation.py --tables-only           # rebuild the tables from the stored records
@@ -17,14 +18,16 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path[:0] = [str(ROOT), str(HERE)]  # this checkout's bksdm_edge, and the sibling modules
 
 
 def _worker(args):
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from bksdm_edge.quality.ablation import run_job
+    from ablation_jobs import run_job
 
     job, cfg, work = args
     t = time.perf_counter()
@@ -38,7 +41,7 @@ def _worker(args):
 def main(argv=None) -> int:
     import multiprocessing as mp
 
-    from bksdm_edge.quality.ablation import AblationConfig, ensure_data, jobs, load_records, summarise
+    from ablation_jobs import AblationConfig, ensure_data, jobs, load_records, summarise
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = AblationConfig()
@@ -61,7 +64,7 @@ def main(argv=None) -> int:
     failures: list = []
     if not args.tables_only:
         args.work.mkdir(parents=True, exist_ok=True)
-        ensure_data(args.work)
+        ensure_data(args.work, cfg)
         todo = jobs(cfg, export=not args.no_export)
         t0 = time.perf_counter()
         with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:

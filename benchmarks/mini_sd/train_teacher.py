@@ -4,7 +4,8 @@ Reproduce the shipped weights (about 20 min on 2 shared CPU cores):
 
     nice -n 10 python benchmarks/mini_sd/train_teacher.py
 
-Library: bksdm_edge/quality/digits.py. Outputs: bksdm_edge/weights/mini-sd-digits/ (unet, vae, text_encoder
+Training code: teacher_training.py beside this script (data, scorer and scores: bksdm_edge/quality/digits/).
+Outputs: bksdm_edge/weights/mini-sd-digits/ (unet, vae, text_encoder
 safetensors + train_config.json), bksdm_edge/weights/digit-scorer/, and the scores in benchmarks/results/mini_sd/.
 """
 
@@ -16,12 +17,15 @@ import shlex
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path[:0] = [str(ROOT), str(HERE)]  # this checkout's bksdm_edge, and the sibling modules
 
 
 def main(argv=None) -> int:
+    from teacher_training import TeacherTrainConfig, train_teacher
+
     from bksdm_edge.builtins import BUILTINS
-    from bksdm_edge.quality.digits import TeacherTrainConfig, train_teacher
 
     defaults = TeacherTrainConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

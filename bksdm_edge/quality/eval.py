@@ -10,7 +10,7 @@ Here the same steps run with library implementations:
 
 * FID: Inception-v3 pool features from torchmetrics' ``NoTrainInceptionV3`` (torch-fidelity's port of the
   TF-FID network, the same ``pt_inception-2015-12-05`` weights pytorch-fid uses) and the Fréchet distance
-  from ``bksdm_edge.quality.digits.frechet_distance`` (scipy.linalg.sqrtm, the pytorch-fid formula);
+  from ``bksdm_edge.metrics.frechet_distance`` (scipy.linalg.sqrtm, the pytorch-fid formula);
   reference statistics come from an ``.npz`` with ``mu``/``sigma`` (pytorch-fid's ``--save-stats`` format)
   or a folder of images.
 * IS: torchmetrics' ``InceptionScore`` (10 splits).
@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from ..errors import BksdmError
-from .digits import digit_of_caption, feature_stats, frechet_distance
+from ..metrics import feature_stats, frechet_distance
+from .digits import digit_of_caption
 
 FEATURE_EXTRACTORS = ("inception", "digits")
 METRICS = ("fid", "is", "clip")

@@ -1,4 +1,6 @@
-"""The BK-SDM distillation ablation (paper Table 5 / issue 7 part 3) at small scale, on the digits teacher.
+"""The BK-SDM distillation ablation (paper Table 5 / issue 7 part 3) at small scale, on the digits teacher:
+the jobs and tables behind ``benchmarks/mini_sd/ablation.py`` (an experiment, not library code; it is built
+from library calls: ``bksdm_edge.distill``, ``bksdm_edge.export``, ``bksdm_edge.quality.digits``).
 
 Setups, as data (``SETUPS``):
 
@@ -27,10 +29,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-TEACHER = "builtin:mini-sd-digits"
-RESOLUTION = 32
-
-
 @dataclass(frozen=True)
 class Setup:
     key: str
@@ -55,6 +53,8 @@ EXPORT_TARGETS = (("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"), ("tflite
 
 @dataclass(frozen=True)
 class AblationConfig:
+    teacher: str = "builtin:mini-sd-digits"
+    resolution: int = 32
     steps: int = 40
     batch_size: int = 32
     lr: float = 5e-4
@@ -76,41 +76,41 @@ def cell_name(variant: str, setup: str, seed: int) -> str:
 
 
 def _eval_cfg(cfg: AblationConfig):
-    from .digits import DigitEvalConfig
+    from bksdm_edge.quality.digits import DigitEvalConfig
 
     return DigitEvalConfig(seeds=cfg.eval_seeds, steps=cfg.eval_steps, guidance_scale=cfg.guidance_scale,
                            batch=10 * cfg.eval_seeds)
 
 
-def ensure_data(work: Path) -> Path:
-    from .digits import write_digits_imagefolder
+def ensure_data(work: Path, cfg: AblationConfig) -> Path:
+    from bksdm_edge.quality.digits import write_digits_imagefolder
 
     data = work / "data"
     if not (data / "metadata.jsonl").exists():
-        write_digits_imagefolder(data, RESOLUTION)
+        write_digits_imagefolder(data, cfg.resolution)
     return data
 
 
-def random_init_student(variant: str, out: Path, seed: int) -> Path:
+def random_init_student(teacher: str, variant: str, out: Path, seed: int) -> Path:
     """The variant's architecture with fresh (seeded) diffusers init instead of the teacher's weights."""
     import torch
     from diffusers import UNet2DConditionModel
 
-    from ..loading import load_model
-    from ..student import build_student, save_student
+    from bksdm_edge.loading import load_model
+    from bksdm_edge.student import build_student, save_student
 
-    model = load_model(TEACHER)
+    model = load_model(teacher)
     student, report = build_student(model.unet, variant)
     torch.manual_seed(seed)
     fresh = UNet2DConditionModel.from_config(student.config)
-    save_student(fresh, out, teacher=TEACHER, report=report, extra={"init": f"random (torch seed {seed})"})
+    save_student(fresh, out, teacher=teacher, report=report, extra={"init": f"random (torch seed {seed})"})
     return out
 
 
-def _pytorch_pipe(unet_dir: Path | None):
-    from ..loading import load_model, load_unet
+def _pytorch_pipe(teacher: str, unet_dir: Path | None):
+    from bksdm_edge.loading import load_model, load_unet
 
-    model = load_model(TEACHER)
+    model = load_model(teacher)
     if unet_dir is not None:
         model.unet = load_unet(unet_dir)
     pipe = model.to_pipeline()
@@ -119,19 +119,19 @@ def _pytorch_pipe(unet_dir: Path | None):
 
 
 def score_pytorch(unet_dir: Path | None, cfg: AblationConfig) -> dict[str, Any]:
-    from .digits import generate_digits, score_digits
+    from bksdm_edge.quality.digits import generate_digits, score_digits
 
     t = time.perf_counter()
-    images, digits = generate_digits(_pytorch_pipe(unet_dir), _eval_cfg(cfg), RESOLUTION)
-    s = score_digits(images, digits, resolution=RESOLUTION)
+    images, digits = generate_digits(_pytorch_pipe(cfg.teacher, unet_dir), _eval_cfg(cfg), cfg.resolution)
+    s = score_digits(images, digits, resolution=cfg.resolution)
     s["generation_s"] = round(time.perf_counter() - t, 1)
     return s
 
 
 def run_cell(variant: str, setup_key: str, seed: int, cfg: AblationConfig, work: Path) -> dict[str, Any]:
     """Distil one student and score it; returns (and stores) its record."""
-    from ..distill import distill
-    from ..distill.config import CheckpointConfig, DataConfig, DistillConfig, LossConfig, OptimConfig
+    from bksdm_edge.distill import distill
+    from bksdm_edge.distill.config import CheckpointConfig, DataConfig, DistillConfig, LossConfig, OptimConfig
 
     setup = SETUP_BY_KEY[setup_key]
     name = cell_name(variant, setup_key, seed)
@@ -141,17 +141,17 @@ def run_cell(variant: str, setup_key: str, seed: int, cfg: AblationConfig, work:
     run = work / "runs" / name
     student = None
     if setup.init == "random":
-        student = str(random_init_student(variant, work / "init" / f"{variant}_s{seed}", seed))
+        student = str(random_init_student(cfg.teacher, variant, work / "init" / f"{variant}_s{seed}", seed))
     t = time.perf_counter()
     dc = DistillConfig(
-        teacher=TEACHER, variant=variant, out=str(run), student=student, max_steps=cfg.steps,
+        teacher=cfg.teacher, variant=variant, out=str(run), student=student, max_steps=cfg.steps,
         batch_size=cfg.batch_size, seed=seed, report_to="none", progress=False,
-        data=DataConfig(source=str(work / "data"), resolution=RESOLUTION, random_flip=False, num_workers=0),
+        data=DataConfig(source=str(work / "data"), resolution=cfg.resolution, random_flip=False, num_workers=0),
         loss=LossConfig(setup.lambda_task, setup.lambda_out, setup.lambda_feat),
         optim=OptimConfig(lr=cfg.lr),
         checkpoint=CheckpointConfig(every=0),
     )
-    result = distill(dc, command=["bksdm_edge.quality.ablation", name])
+    result = distill(dc, command=["benchmarks/mini_sd/ablation.py", name])
     train_s = time.perf_counter() - t
     scores = score_pytorch(Path(result.unet_dir), cfg)
     rec = {"kind": "cell", "variant": variant, "setup": setup_key, "seed": seed, "unet": str(result.unet_dir),
@@ -171,13 +171,6 @@ def run_teacher(cfg: AblationConfig, work: Path) -> dict[str, Any]:
     return rec
 
 
-def _latents(seed: int, channels: int, side: int):
-    """The initial latents diffusers draws for one image from ``torch.Generator().manual_seed(seed)``."""
-    import torch
-
-    return torch.randn((1, channels, side, side), generator=torch.Generator().manual_seed(seed))
-
-
 def _num(x: float):
     return "inf" if x == math.inf else round(x, 2)
 
@@ -188,12 +181,9 @@ def _db(x) -> str:
 
 def run_export(variant: str, fmt: str, precision: str, cfg: AblationConfig, work: Path) -> dict[str, Any]:
     """Export the variant's (c) seed-0 student, score the bundle's images, PSNR vs PyTorch on the same latents."""
-    import torch
-
-    from ..export.pipeline import export_bundle
-    from ..generate import BundlePipeline
-    from ..metrics import psnr
-    from .digits import caption, score_digits
+    from bksdm_edge.export.pipeline import export_bundle
+    from bksdm_edge.generate import BundlePipeline
+    from bksdm_edge.quality.digits import caption, generate_bundle_digits, image_psnr, initial_latents, score_digits
 
     rec_path = work / "records" / f"export_{variant}_{fmt}-{precision}.json"
     if rec_path.exists():
@@ -201,43 +191,48 @@ def run_export(variant: str, fmt: str, precision: str, cfg: AblationConfig, work
     unet = work / "runs" / cell_name(variant, "c", 0) / "unet"
     if not unet.exists():
         raise FileNotFoundError(f"{unet}: run the ablation cell {cell_name(variant, 'c', 0)} first")
-    jobs = [(d, s) for d in range(10) for s in range(cfg.eval_seeds)]
-    pipe = _pytorch_pipe(unet)
-    lat = torch.cat([_latents(s, pipe.unet.config.in_channels, RESOLUTION // pipe.vae_scale_factor) for _, s in jobs])
+    eval_cfg = _eval_cfg(cfg)
+    pipe = _pytorch_pipe(cfg.teacher, unet)
+    seeds = [s for _ in range(10) for s in range(cfg.eval_seeds)]
+    lat = initial_latents(seeds, pipe.unet.config.in_channels, cfg.resolution // pipe.vae_scale_factor)
     # PyTorch reference: cached per variant, same latents as the bundle.
     ref_path = work / "records" / f"ref_{variant}.npy"
     if ref_path.exists():
         ref = np.load(ref_path)
     else:
-        out = pipe(prompt=[caption(d) for d, _ in jobs], latents=lat, num_inference_steps=cfg.eval_steps,
-                   guidance_scale=cfg.guidance_scale, height=RESOLUTION, width=RESOLUTION, output_type="np")
+        out = pipe(prompt=[caption(d) for d in range(10) for _ in range(cfg.eval_seeds)], latents=lat,
+                   num_inference_steps=cfg.eval_steps, guidance_scale=cfg.guidance_scale, height=cfg.resolution,
+                   width=cfg.resolution, output_type="np")
         ref = (out.images * 255).round().astype(np.uint8)
         np.save(ref_path, ref)
     t = time.perf_counter()
-    bundle = export_bundle(TEACHER, out=work / "bundles" / f"{variant}_{fmt}-{precision}", format=fmt,
+    bundle = export_bundle(cfg.teacher, out=work / "bundles" / f"{variant}_{fmt}-{precision}", format=fmt,
                            precision=precision, unet=unet, components=("text_encoder", "unet", "vae_decoder"),
-                           height=RESOLUTION, width=RESOLUTION, overwrite=True, progress=False)
+                           height=cfg.resolution, width=cfg.resolution, overwrite=True, progress=False)
     export_s = time.perf_counter() - t
     t = time.perf_counter()
-    bp = BundlePipeline(bundle, threads=1)
-    imgs = np.stack([bp(caption(d), steps=cfg.eval_steps, guidance=cfg.guidance_scale, latents=lat[i : i + 1].numpy())[0]
-                     for i, (d, _) in enumerate(jobs)])
+    images, digits = generate_bundle_digits(BundlePipeline(bundle, threads=1), eval_cfg, latents=lat)
     gen_s = time.perf_counter() - t
-    scores = score_digits(torch.from_numpy(imgs).permute(0, 3, 1, 2), [d for d, _ in jobs], resolution=RESOLUTION)
-    torch_scores = score_digits(torch.from_numpy(ref).permute(0, 3, 1, 2), [d for d, _ in jobs], resolution=RESOLUTION)
-    n_psnr = min(len(jobs), cfg.psnr_prompts * cfg.eval_seeds)
-    # PSNR on 0-255 pixels against the PyTorch images; identical images are counted, not given a PSNR.
-    identical = [bool(np.array_equal(imgs[i], ref[i])) for i in range(n_psnr)]
-    per = [psnr(ref[i], imgs[i], peak=255.0) for i in range(n_psnr) if not identical[i]]
-    pooled = math.inf if all(identical) else psnr(ref[:n_psnr], imgs[:n_psnr], peak=255.0)  # MSE over all images
+    imgs = images.permute(0, 2, 3, 1).numpy()
+    scores = score_digits(images, digits, resolution=cfg.resolution)
+    torch_scores = score_digits(torch_images(ref), digits, resolution=cfg.resolution)
+    n_psnr = min(len(digits), cfg.psnr_prompts * cfg.eval_seeds)
+    compared = image_psnr(ref[:n_psnr], imgs[:n_psnr])
     size = sum(f.stat().st_size for f in Path(bundle).rglob("*") if f.is_file())
     rec = {"kind": "export", "variant": variant, "format": fmt, "precision": precision, "export_s": round(export_s, 1),
            "generation_s": round(gen_s, 1), "bundle_mb": round(size / 2**20, 2), **scores,
            "pytorch_same_latents": {k: torch_scores[k] for k in ("prompt_accuracy", "frechet_distance")},
-           "psnr_db_pooled": _num(pooled), "psnr_db_min": _num(min(per, default=math.inf)),
-           "identical_images": sum(identical), "psnr_images": n_psnr}
+           "psnr_db_pooled": _num(compared["psnr_db_pooled"]), "psnr_db_min": _num(compared["psnr_db_min"]),
+           "identical_images": compared["identical_images"], "psnr_images": compared["psnr_images"]}
     rec_path.write_text(json.dumps(rec, indent=2))
     return rec
+
+
+def torch_images(images: np.ndarray):
+    """(N, H, W, 3) uint8 numpy -> (N, 3, H, W) torch, the layout the scorer takes."""
+    import torch
+
+    return torch.from_numpy(images).permute(0, 3, 1, 2)
 
 
 # ---------------------------------------------------------------- jobs and tables
@@ -303,7 +298,7 @@ def summarise(records: list[dict[str, Any]], cfg: AblationConfig, meta: dict[str
     md = [
         "# BK-SDM ablation at small scale (digits teacher)",
         "",
-        f"Teacher `{TEACHER}` (32 px, 16x16 latents). Every student distilled for **{cfg.steps} steps**, batch "
+        f"Teacher `{cfg.teacher}` ({cfg.resolution} px). Every student distilled for **{cfg.steps} steps**, batch "
         f"{cfg.batch_size}, lr {cfg.lr}, constant schedule, no flips, on the digits training split; seeds "
         f"{', '.join(map(str, cfg.seeds))} (distillation seed and, for (d), init seed). Scores in PyTorch on "
         f"{n_img} images (10 digit prompts x {cfg.eval_seeds} seeds, {cfg.eval_steps} PNDM steps, guidance "
@@ -329,7 +324,7 @@ def summarise(records: list[dict[str, Any]], cfg: AblationConfig, meta: dict[str
         "# Exported student quality (digits, ablation setup (c), seed 0)",
         "",
         f"Each variant's (c) seed-0 student ({cfg.steps} distillation steps), exported with text_encoder, unet, "
-        f"vae_decoder at 32x32, run by the bundle runtime on {n_img} images (10 digit prompts x {cfg.eval_seeds} "
+        f"vae_decoder at {cfg.resolution}x{cfg.resolution}, run by the bundle runtime on {n_img} images (10 digit prompts x {cfg.eval_seeds} "
         f"seeds, {cfg.eval_steps} PNDM steps, guidance {cfg.guidance_scale}). The bundle gets the same initial "
         "latents as the PyTorch pipeline (diffusers' draw for `torch.Generator().manual_seed(seed)`), so PSNR is "
         "image-for-image against the PyTorch student.",
@@ -351,7 +346,3 @@ def summarise(records: list[dict[str, Any]], cfg: AblationConfig, meta: dict[str
     ex_md += ["", "Reproduce:", "", "```", meta.get("command", ""), "```", ""]
     ex = {"config": asdict(cfg), **meta, "rows": exps}
     return abl, "\n".join(md), ex, "\n".join(ex_md)
-
-
-__all__ = ["SETUPS", "Setup", "AblationConfig", "VARIANTS", "EXPORT_TARGETS", "jobs", "run_job", "run_cell",
-           "run_export", "run_teacher", "summarise", "load_records", "ensure_data"]
