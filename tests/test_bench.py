@@ -174,3 +174,11 @@ def test_generate_and_exported_bundle_as_model(tmp_path, tiny_model):
     assert "set precision: fp32" in rows[("bundle", "unet", "onnxruntime", "int8", 1)]["error"]
     assert "runs on its format's backend" in rows[("bundle", "unet", "pytorch", "fp32", 1)]["error"]
     assert "| 3 |" in (tmp_path / "run" / "report.md").read_text()
+    # Where a whole image's time goes: text encoder, U-Net calls, VAE decoder (diffusers and the bundle pipeline).
+    for key in (("teacher", "generate", "pytorch", "fp32", 2), ("bk-tiny", "generate", "onnxruntime", "fp32", 2)):
+        r = rows[key]
+        shares = [r[f"{c}_share"] for c in ("text_encoder", "unet", "vae_decoder")]
+        assert all(0 < x < 1 for x in shares) and sum(shares) <= 1 + 1e-9, (key, shares)
+        assert set(r["component_s"]) == {"text_encoder", "unet", "vae_decoder", "other"}
+        assert sum(r["component_s"].values()) == pytest.approx(r["median_s"], rel=0.2)
+    assert "text enc / U-Net / VAE dec" in (tmp_path / "run" / "report.md").read_text()

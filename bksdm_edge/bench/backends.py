@@ -36,12 +36,46 @@ class BackendUnavailable(Exception):
 
 @dataclass
 class Loaded:
-    """A loaded model: ``feed`` converts numpy inputs once, ``run`` is the timed call, ``sync`` waits for the device."""
+    """A loaded model: ``feed`` converts numpy inputs once, ``run`` is the timed call, ``sync`` waits for the device.
+
+    ``split`` (pipelines): seconds the last ``run`` spent per component (``text_encoder``, ``unet``,
+    ``vae_decoder``); the worker records their medians and shares.
+    """
 
     run: Callable[[Any], Any]
     feed: Callable[[dict[str, np.ndarray]], Any] = lambda feeds: feeds
     sync: Callable[[], None] = lambda: None
     info: dict[str, Any] | None = None
+    split: Callable[[], dict[str, float]] | None = None
+
+
+# The components whose share of a generate run is reported.
+SPLIT_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+
+
+class ComponentClock:
+    """Seconds spent in named callables of a diffusers pipeline (wrapped in place), reset per run."""
+
+    def __init__(self, sync: Callable[[], None] = lambda: None):
+        self.seconds = dict.fromkeys(SPLIT_COMPONENTS, 0.0)
+        self._sync = sync
+
+    def wrap(self, owner, attribute: str, component: str) -> None:
+        original = getattr(owner, attribute)
+
+        def timed(*args, **kwargs):
+            self._sync()
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._sync()
+                self.seconds[component] += time.perf_counter() - start
+
+        setattr(owner, attribute, timed)
+
+    def reset(self) -> None:
+        self.seconds = dict.fromkeys(SPLIT_COMPONENTS, 0.0)
 
 
 class Backend:
@@ -222,7 +256,17 @@ class TorchBackend(Backend):
                         output_type="np").images
 
         cuda = s.device.startswith("cuda")
-        return Loaded(run=run, sync=torch.cuda.synchronize if cuda else (lambda: None),
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        clock = ComponentClock(sync)
+        for owner, attribute, component in ((pipe.text_encoder, "forward", "text_encoder"),
+                                            (pipe.unet, "forward", "unet"), (pipe.vae, "decode", "vae_decoder")):
+            clock.wrap(owner, attribute, component)
+
+        def timed_run(feeds):
+            clock.reset()
+            return run(feeds)
+
+        return Loaded(run=timed_run, sync=sync, split=lambda: dict(clock.seconds),
                       info={"torch_threads": torch.get_num_threads(), "guidance": guidance, "steps": s.steps})
 
 
@@ -321,7 +365,8 @@ class ExportBackend(Backend):
         def run(_):
             return pipe(BENCH_PROMPT, steps=s.steps, guidance=guidance, seed=0)[0]
 
-        return Loaded(run=run, info={"guidance": guidance, "steps": s.steps})
+        return Loaded(run=run, split=lambda: {c: pipe.last_timings[c] for c in SPLIT_COMPONENTS},
+                      info={"guidance": guidance, "steps": s.steps})
 
     def prepare_bundle(self, s, out_dir):
         """A user's bundle is measured as it is: the artifact points into it, nothing is exported."""

@@ -37,6 +37,8 @@ def markdown_table(rows: list[dict]) -> str:
             ("speedup_vs_teacher", "speed-up"), ("speedup_vs_teacher_pytorch_fp32", "vs SD eager"),
             ("mem_ratio_vs_teacher", "mem ratio"), ("size_ratio_vs_teacher", "size ratio"),
             ("macs_ratio_vs_teacher", "MACs ratio"), ("error", "error")]
+    if any(r.get("unet_share") is not None for r in rows):  # generate rows: where the time goes
+        cols.insert(cols.index(("peak_rss_mb", "peak RSS MB")), ("split", "text enc / U-Net / VAE dec"))
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = []
@@ -44,6 +46,9 @@ def markdown_table(rows: list[dict]) -> str:
             v = r.get(k)
             if k == "error" and v:
                 v = str(v).replace("|", "/").replace("\n", " ")[:160]
+            elif k == "split":
+                shares = [r.get(f"{c}_share") for c in ("text_encoder", "unet", "vae_decoder")]
+                v = " / ".join(f"{x:.0%}" for x in shares) if all(x is not None for x in shares) else None
             elif k in ("peak_rss_mb", "size_mb") and isinstance(v, float):
                 v = f"{v:.0f}"
             elif k.endswith("_vs_teacher") or k.endswith("pytorch_fp32"):

@@ -58,6 +58,10 @@ COLUMNS: tuple[Column, ...] = (
     Column("export_s", float),
     Column("export_peak_rss_mb", float),
     Column("macs_g", float, doc="paper-convention MACs of one call, in G"),
+    # Where a generate run's time goes (median over the timed runs / median_s; the rest is "other").
+    Column("text_encoder_share", float, doc="generate: share of the time in the text encoder"),
+    Column("unet_share", float, doc="generate: share of the time in U-Net calls"),
+    Column("vae_decoder_share", float, doc="generate: share of the time in the VAE decoder"),
     # Ratios to the teacher measured in the same run (runner.add_ratios).
     Column("speedup_vs_teacher", float),
     Column("mem_ratio_vs_teacher", float),
@@ -71,6 +75,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("times_s", list, [], csv=False),
     Column("warmup_s", list, [], csv=False),
     Column("artifact", dict, csv=False, doc="what the exporter reported"),
+    Column("component_s", dict, csv=False,
+           doc="generate: median seconds per run in text_encoder, unet, vae_decoder and other (the rest)"),
     Column("imported_from", str, csv=False, doc="the file an imported row came from"),
     Column("timing_note", str, csv=False, doc="how an on-device tool's numbers map to the columns"),
     Column("tool_output_tail", str, csv=False),
@@ -82,7 +88,8 @@ SCENARIO_COLUMNS = ("model", "component", "backend", "precision", "variant", "ba
                     "device", "steps", "repeats", "warmup", "source")
 # The measurement the bench worker returns, copied into the row as it is.
 MEASURED_COLUMNS = ("median_s", "p90_s", "min_s", "mean_s", "cold_s", "first_run_s", "load_s", "peak_gpu_mb",
-                    "baseline_rss_mb", "times_s", "warmup_s")
+                    "baseline_rss_mb", "times_s", "warmup_s", "component_s", "text_encoder_share", "unet_share",
+                    "vae_decoder_share")
 
 
 def empty_row(**values: Any) -> dict[str, Any]:

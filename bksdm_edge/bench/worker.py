@@ -60,14 +60,20 @@ def measure(s, cache: Path) -> dict:
     rss_loaded = _rss_mb()
     native = loaded.feed(feeds)
 
+    splits: list[dict[str, float]] = []
+
     def timed() -> float:
         start = time.perf_counter()
         loaded.run(native)
         loaded.sync()
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        if loaded.split is not None:
+            splits.append({**loaded.split(), "total": seconds})
+        return seconds
 
     first = timed()
     warm = [timed() for _ in range(s.warmup)]
+    splits.clear()  # the split of the timed runs only
     times = [timed() for _ in range(s.repeats)]
     out = {
         "load_s": load_s,
@@ -83,12 +89,23 @@ def measure(s, cache: Path) -> dict:
         "rss_after_load_mb": rss_loaded,
         "rss_end_mb": _rss_mb(),
         "backend_info": loaded.info or {},
+        **_split_columns(splits),
     }
     if cuda:
         import torch
 
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
+
+
+def _split_columns(splits: list[dict[str, float]]) -> dict:
+    """Median seconds per component over the timed runs, ``other`` (the rest) and each component's share."""
+    if not splits:
+        return {}
+    seconds = {c: float(np.median([sp[c] for sp in splits])) for c in splits[0] if c != "total"}
+    total = float(np.median([sp["total"] for sp in splits]))
+    seconds["other"] = max(0.0, total - sum(seconds.values()))
+    return {"component_s": seconds, **{f"{c}_share": seconds[c] / total for c in seconds if c != "other"}}
 
 
 def run(task: dict) -> dict:
