@@ -223,7 +223,7 @@ def load_unet(path: str | Path, dtype=torch.float32, weights: bool = True):
 LCM_SCHEDULER = "LCMScheduler"
 
 
-def _lcm_scheduler(model: SDModel, unet_dir: Path | None):
+def lcm_scheduler(model: SDModel, unet_dir: Path | None = None):
     """The scheduler of a latent consistency model: the U-Net folder's ``scheduler_config.json`` (written by
     ``distill --objective lcm``), else LCMScheduler with the source's noise schedule (diffusers' defaults)."""
     import inspect
@@ -277,5 +277,5 @@ def load_model(
         if meta.exists():
             model.info["student"] = json.loads(meta.read_text())
     if model.is_lcm and model.scheduler is not None:
-        model.scheduler = _lcm_scheduler(model, Path(unet) if unet is not None else None)
+        model.scheduler = lcm_scheduler(model, Path(unet) if unet is not None else None)
     return model

@@ -182,3 +182,20 @@ def test_generate_and_exported_bundle_as_model(tmp_path, tiny_model):
         assert set(r["component_s"]) == {"text_encoder", "unet", "vae_decoder", "other"}
         assert sum(r["component_s"].values()) == pytest.approx(r["median_s"], rel=0.2)
     assert "text enc / U-Net / VAE dec" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_lcm_model_suffix_builds_the_few_step_architecture():
+    """``bk-tiny+lcm``: the variant with a guidance embedding and LCMScheduler; its MACs are the variant's."""
+    from bksdm_edge.bench.backends import PIPELINE_PARTS, load_scenario_model
+    from bksdm_edge.bench.runner import paper_macs
+    from bksdm_edge.bench.scenario import Scenario
+
+    s = Scenario(model="bk-tiny+lcm", component="generate", backend="pytorch", source="builtin:tiny-sd",
+                 resolution=64, steps=2)
+    model = load_scenario_model(s, PIPELINE_PARTS)
+    assert model.is_lcm and type(model.scheduler).__name__ == "LCMScheduler"
+    assert model.unet.config.mid_block_type is None and model.unet.config.time_cond_proj_dim == 256
+    macs = paper_macs([s, Scenario(model="bk-tiny", component="unet", backend="pytorch", source="builtin:tiny-sd",
+                                   resolution=64)], log=lambda m: None)
+    for c, same_as in (("unet", "bk-tiny"), ("text_encoder", "teacher"), ("vae_decoder", "teacher")):
+        assert macs[("builtin:tiny-sd", "bk-tiny+lcm", c, 64)] == macs[("builtin:tiny-sd", same_as, c, 64)] > 0

@@ -24,7 +24,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from .scenario import TEACHER, Scenario
+from .scenario import TEACHER, Scenario, split_lcm
 
 ARTIFACT_META = "artifact.json"
 INPUTS_FILE = "inputs.npz"
@@ -233,19 +233,20 @@ class TorchBackend(Backend):
                       info={"torch_threads": torch.get_num_threads()})
 
     def prepare_pipeline(self, s, out_dir):
-        model = load_scenario_model(s, PIPELINE_PARTS)
-        model.to_pipeline().save_pretrained(out_dir / "pipeline", safe_serialization=True)
+        pipe = load_scenario_model(s, PIPELINE_PARTS).to_pipeline()  # an LCM model: LatentConsistencyModelPipeline
+        pipe.save_pretrained(out_dir / "pipeline", safe_serialization=True)
         return {"files": _files_under(out_dir / "pipeline", out_dir), "main": "pipeline",
-                "extra": {"pipeline": "diffusers StableDiffusionPipeline"}}
+                "extra": {"pipeline": f"diffusers {type(pipe).__name__}"}}
 
     def load_pipeline(self, s, artifact_dir, meta):
         import torch
-        from diffusers import StableDiffusionPipeline
+        from diffusers import DiffusionPipeline
 
         torch.set_num_threads(s.threads)
         dtype = _torch_dtype(s.precision)
-        pipe = StableDiffusionPipeline.from_pretrained(artifact_dir / meta["main"], torch_dtype=dtype,
-                                                       local_files_only=True).to(s.device)
+        # The class saved in model_index.json (StableDiffusionPipeline, or LatentConsistencyModelPipeline).
+        pipe = DiffusionPipeline.from_pretrained(artifact_dir / meta["main"], torch_dtype=dtype,
+                                                 local_files_only=True).to(s.device)
         pipe.set_progress_bar_config(disable=True)
         guidance = guidance_of(s)
 
@@ -444,15 +445,22 @@ def bundle_inputs(infos: list[dict], seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def load_scenario_model(s: Scenario, parts: tuple[str, ...]):
-    """The scenario's SD model: the source pipeline with its U-Net replaced by the student (variant or folder)."""
+    """The scenario's SD model: the source pipeline with its U-Net replaced by the student (variant or folder),
+    made a latent consistency model for ``+lcm`` models."""
     from ..loading import load_model
 
-    folder = None if s.model == TEACHER or not Path(s.model).exists() else s.model
+    name, lcm = split_lcm(s.model)
+    folder = None if name == TEACHER or not Path(name).exists() else name
     model = load_model(s.source, unet=folder, components=parts)
-    if s.model != TEACHER and folder is None and "unet" in parts:
+    if name != TEACHER and folder is None and "unet" in parts:
         from ..student import build_student
 
-        model.unet, _ = build_student(model.unet, s.model)
+        model.unet, _ = build_student(model.unet, name)
+    if lcm and "unet" in parts:
+        from ..distill.config import LcmConfig
+        from ..distill.lcm import as_lcm
+
+        as_lcm(model, LcmConfig().time_cond_proj_dim)
     return model
 
 

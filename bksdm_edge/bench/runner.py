@@ -16,7 +16,7 @@ from typing import Any, Callable
 from .backends import BackendUnavailable, artifact_dir, get_backend, read_meta
 from .child import child_env, run_task
 from .rows import MEASURED_COLUMNS, scenario_row
-from .scenario import BenchConfig, Scenario
+from .scenario import BenchConfig, Scenario, split_lcm
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bksdm-edge" / "bench"
 WORKER = (sys.executable, "-m", "bksdm_edge.bench.worker")
@@ -142,8 +142,10 @@ def paper_macs(scenarios: list[Scenario], log: Callable[[str], None] = print) ->
             groups.setdefault((s.source, s.resolution), set()).add((s.model, c))
     for (source, res), pairs in groups.items():
         components = sorted({c for _, c in pairs})
-        variants = sorted({m for m, c in pairs if m != "teacher" and not Path(m).exists() and c == "unet"})
-        folders = sorted({m for m, c in pairs if m != "teacher" and Path(m).exists() and c == "unet"})
+        # ``+lcm`` models count as their base model: the guidance projection adds dim x 320 MACs (< 1e-5).
+        bases = {(split_lcm(m)[0], c) for m, c in pairs}
+        variants = sorted({m for m, c in bases if m != "teacher" and not Path(m).exists() and c == "unet"})
+        folders = sorted({m for m, c in bases if m != "teacher" and Path(m).exists() and c == "unet"})
         try:
             rows = profile_teacher_and_students(source, variants, resolution=res, components=components)
             for folder in folders:
@@ -153,8 +155,11 @@ def paper_macs(scenarios: list[Scenario], log: Callable[[str], None] = print) ->
             continue
         for p in rows:
             out[(source, p.name, p.component, res)] = p.macs_paper
-        # Students share the teacher's text encoder and VAE.
         for m, c in pairs:
+            base = split_lcm(m)[0]
+            if (source, base, c, res) in out:
+                out.setdefault((source, m, c, res), out[(source, base, c, res)])
+            # Students share the teacher's text encoder and VAE.
             if c != "unet" and (source, "teacher", c, res) in out:
                 out.setdefault((source, m, c, res), out[(source, "teacher", c, res)])
     return out

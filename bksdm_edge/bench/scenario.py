@@ -25,6 +25,14 @@ from typing import Any
 from ..errors import BksdmError
 
 TEACHER = "teacher"
+# ``bk-tiny+lcm``: the model with a latent-consistency guidance embedding and LCMScheduler (``distill.lcm.as_lcm``).
+LCM_SUFFIX = "+lcm"
+
+
+def split_lcm(model: str) -> tuple[str, bool]:
+    """(the model without ``+lcm``, whether it had it)."""
+    return (model[: -len(LCM_SUFFIX)], True) if model.endswith(LCM_SUFFIX) else (model, False)
+
 # One call of a component, or ``generate``: a whole text-to-image run (text encoder, ``steps``
 # U-Net calls, VAE decoder) through the backend's pipeline (diffusers for PyTorch, the
 # torch-free bundle pipeline for exported formats).
@@ -43,6 +51,8 @@ class Scenario:
     ``model`` is ``teacher`` (the ``source`` pipeline's own U-Net), a BK-SDM variant name built
     from it (``bk-base``, ``bk-small``, ``bk-tiny``), a student U-Net folder, or an exported bundle
     folder (``bksdm-edge export``; run as it is on its format's backend, at its own precision and shapes).
+    ``+lcm`` after a model (``bk-tiny+lcm``) adds a latent-consistency guidance embedding and LCMScheduler:
+    the architecture of a ``distill --objective lcm`` student (one U-Net row per step, no CFG), for timing.
     ``device`` is ``cpu``, ``cuda[:N]`` or ``android:SERIAL``.
     ``batch`` 2 is classifier-free guidance (for ``generate``: guidance 7.5; batch 1 runs without CFG).
     ``steps`` is the number of denoising steps of ``generate`` (ignored by the other components).

@@ -17,10 +17,11 @@ asked for with ``guidance_scale=w`` is the one the teacher's CFG-w trajectory le
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +100,18 @@ def add_guidance_embedding(unet, dim: int):
         raise DistillError(f"internal: adding the guidance embedding left missing={missing}, unexpected={unexpected}")
     torch.nn.init.zeros_(out.time_embedding.cond_proj.weight)
     return out.train(unet.training)
+
+
+def as_lcm(model, dim: int = 256):
+    """Turn a loaded ``SDModel`` into the architecture ``distill --objective lcm`` produces: its U-Net gets a
+    zero-initialised guidance embedding (``add_guidance_embedding``) and the model an ``LCMScheduler`` on its
+    noise schedule. Before distillation it samples like the original U-Net; for timing and export checks."""
+    from ..loading import lcm_scheduler
+
+    model.unet = add_guidance_embedding(model.unet, dim)
+    if model.scheduler is not None:
+        model.scheduler = lcm_scheduler(model)
+    return model
 
 
 @register
@@ -259,3 +272,31 @@ class LcmObjective(Objective):
             scheduler=LCMScheduler.from_config(self.scheduler_config), safety_checker=None, feature_extractor=None,
             requires_safety_checker=False,
         )
+
+
+@contextlib.contextmanager
+def portable_lcm_noise(seeds: Sequence[int]) -> Iterator[None]:
+    """Make diffusers' ``LCMScheduler`` draw batch row i's re-noising noise from ``NoiseStream(seeds[i])``.
+
+    That is the noise ``bksdm-edge generate --seed S --latents-in L`` (``BundlePipeline``, and the Kotlin engine)
+    draws between LCM steps when the initial latents are given, so a diffusers run and a bundle run with the same
+    latents and seeds compute the same image (tests and the digits evaluation compare them this way).
+    """
+    import diffusers.schedulers.scheduling_lcm as scheduling_lcm
+
+    from ..runtime.noise import NoiseStream
+
+    streams = [NoiseStream(s) for s in seeds]
+    original = scheduling_lcm.randn_tensor
+
+    def draw(shape, generator=None, device=None, dtype=None, layout=None):
+        if shape[0] != len(streams):
+            raise ValueError(f"portable_lcm_noise has {len(streams)} seeds for a batch of {shape[0]}")
+        rows = [torch.from_numpy(s.normal(tuple(shape[1:]))) for s in streams]
+        return torch.stack(rows).to(device=device, dtype=dtype)
+
+    scheduling_lcm.randn_tensor = draw
+    try:
+        yield
+    finally:
+        scheduling_lcm.randn_tensor = original
