@@ -17,13 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main(argv=None) -> int:
     from bksdm_edge.errors import BksdmError
-    from bksdm_edge.export.cli_args import add_export_args, export_kwargs
+    from bksdm_edge.export.cli_args import add_export_args, request_from_args
     from bksdm_edge.export.pipeline import export_bundle
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     args = add_export_args(parser, formats=("onnx",)).parse_args(argv)
     try:
-        print(export_bundle(**export_kwargs(args)))
+        print(export_bundle(request_from_args(args)))
     except BksdmError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

@@ -12,13 +12,11 @@ ROOT = Path(tempfile.mkdtemp(prefix="bksdm-export-tests-"))
 @functools.lru_cache(maxsize=None)
 def tiny_bundle(precision: str = "fp32", batch: int = 1) -> Path:
     """A validated tiny-sd ONNX bundle (text_encoder, unet, vae_decoder). Treat as read-only."""
-    from bksdm_edge.export.pipeline import export_bundle
-    from bksdm_edge.loading import load_model
+    from bksdm_edge.export.pipeline import ExportRequest, export_bundle
 
-    return export_bundle(
-        "builtin:tiny-sd", model=_model(), out=ROOT / f"tiny-{precision}-b{batch}", precision=precision,
-        batch=batch, progress=False,
-    )
+    request = ExportRequest(out=ROOT / f"tiny-{precision}-b{batch}", model="builtin:tiny-sd", precision=precision,
+                            batch=batch, progress=False)
+    return export_bundle(request, model=_model())
 
 
 @functools.lru_cache(maxsize=None)

@@ -140,10 +140,10 @@ def test_resume_and_finalize_keep_rows_and_record_missing(tmp_path, plugin_path)
 
 def test_generate_and_exported_bundle_as_model(tmp_path, tiny_model):
     """Full text-to-image (N steps) on PyTorch and ONNX Runtime, and a user's exported bundle measured as it is."""
-    from bksdm_edge.export.pipeline import export_bundle
+    from bksdm_edge.export.pipeline import ExportRequest, export_bundle
 
-    bundle = export_bundle("builtin:tiny-sd", out=tmp_path / "bundle", format="onnx", precision="fp32",
-                           model=tiny_model, height=64, width=64, progress=False)
+    bundle = export_bundle(ExportRequest(out=tmp_path / "bundle", model="builtin:tiny-sd", format="onnx",
+                                         precision="fp32", height=64, width=64, progress=False), model=tiny_model)
     raw = {
         "name": "gen", "source": "builtin:tiny-sd",
         "defaults": {"resolution": 64, "threads": 1, "repeats": 2, "warmup": 1, "timeout_s": 600, "steps": 3},

@@ -10,8 +10,9 @@ import pytest
 from bksdm_edge.errors import ValidationFailed
 from bksdm_edge.export import onnx as onnx_backend
 from bksdm_edge.export.components import COMPONENTS, ShapeConfig
-from bksdm_edge.export.inputs import calibration_inputs, seeded_input_sets, trajectory_input_sets
-from bksdm_edge.export.pipeline import export_bundle
+from bksdm_edge.export.inputs import prepare_inputs
+from bksdm_edge.export.pipeline import ExportRequest, export_bundle
+from bksdm_edge.export.request import Calibration, Validation
 from bksdm_edge.export.registry import get_target
 from bksdm_edge.export.validation import validate_component
 
@@ -20,11 +21,12 @@ SHAPE = ShapeConfig(height=64, width=64)
 
 
 @pytest.fixture(scope="module")
-def real_inputs(tiny_model):
-    """One validation trajectory and a small calibration set (1 prompt x 2 steps) for every component."""
-    traj = trajectory_input_sets(tiny_model, SHAPE, "a photo of a cat", list(COMPONENTS), steps=2)
-    calib = calibration_inputs(tiny_model, SHAPE, ["a red car on a road"], list(COMPONENTS), steps=2)
-    return traj, calib
+def real_inputs(tiny_model, tmp_path_factory):
+    """Seeded and trajectory validation sets and a small calibration set (1 prompt x 2 steps) for every component."""
+    prompts = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    prompts.write_text("a red car on a road\n")
+    return prepare_inputs(tiny_model, {c: SHAPE for c in COMPONENTS}, validation=Validation("a photo of a cat", 2),
+                          calibration=Calibration(prompts, 2), calibrate=list(COMPONENTS))
 
 
 # int8-static differs from int8 in the text encoder and in the attention MatMuls (QK^T, AV), which
@@ -34,17 +36,17 @@ COMPONENTS_TESTED = {"int8-static": ["text_encoder", "unet"]}
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_every_component_exports_and_validates(precision, tiny_model, real_inputs, tmp_path):
-    traj, calib = real_inputs
     target = get_target("onnx", precision)
     failures = []
     for name in COMPONENTS_TESTED.get(precision, list(COMPONENTS)):
         spec = COMPONENTS[name]
         module = spec.module(tiny_model)
+        inputs = real_inputs[name]
         converted = target.convert(
-            module, spec.example_inputs(tiny_model, SHAPE), spec.output_names, tmp_path / name, precision,
-            calibration=calib[name] if name in target.NEEDS_CALIBRATION else None, options=target.options(name),
+            module, inputs.example, spec.output_names, tmp_path / name, precision,
+            calibration=inputs.calibration if name in target.NEEDS_CALIBRATION else None, options=target.options(name),
         )
-        sets = seeded_input_sets(name, tiny_model, SHAPE) + traj[name]
+        sets = inputs.validation
         report = validate_component(name, target, module, converted, sets, input_names=spec.input_names,
                                     output_names=spec.output_names)
         assert report.numeric_checks == "run"
@@ -130,8 +132,8 @@ def test_corrupted_export_fails_validation_and_leaves_no_bundle(tiny_model, tmp_
     monkeypatch.setattr(target, "convert", staticmethod(_corrupting_convert))
     out = tmp_path / "bundle"
     with pytest.raises(ValidationFailed) as err:
-        export_bundle("builtin:tiny-sd", model=tiny_model, out=out, components=["text_encoder", "vae_decoder"],
-                      progress=False)
+        export_bundle(ExportRequest(out=out, model="builtin:tiny-sd", components=("text_encoder", "vae_decoder"),
+                                    progress=False), model=tiny_model)
     message = str(err.value)
     assert "vae_decoder: [seeded:0] output 'sample': not allclose" in message
     assert "text_encoder" not in message
@@ -176,9 +178,10 @@ def test_full_size_bk_small_unet_fp32_external_data_and_int8(tmp_path):
     results = {}
     for precision in ("fp32", "int8-dynamic", "int8"):
         t0 = time.time()
-        path = export_bundle("builtin:sd-v1.4", model=model, out=tmp_path / precision, precision=precision,
-                             components=["unet"], calibration_steps=2, validation_steps=2,
-                             calibration_prompts=_two_prompts(tmp_path), progress=False)
+        request = ExportRequest(out=tmp_path / precision, model="builtin:sd-v1.4", precision=precision,
+                                components=("unet",), calibration=Calibration(_two_prompts(tmp_path), steps=2),
+                                validation=Validation(steps=2), progress=False)
+        path = export_bundle(request, model=model)
         manifest = json.loads((path / "manifest.json").read_text())
         report = json.loads((path / "validation.json").read_text())
         assert report["passed"]

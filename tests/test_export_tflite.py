@@ -35,11 +35,12 @@ def _converted_from_file(component, path):
 @pytest.fixture(scope="module")
 def fp32_bundle(tiny_model, tmp_path_factory):
     """A validated fp32 TFLite bundle of the toy pipeline, through the framework's export_bundle."""
-    from bksdm_edge.export.pipeline import export_bundle
+    from bksdm_edge.export.pipeline import ExportRequest, export_bundle
+    from bksdm_edge.export.request import Validation
 
     out = tmp_path_factory.mktemp("tflite-bundle") / "fp32"
-    return export_bundle("builtin:tiny-sd", out=out, format="tflite", precision="fp32", model=tiny_model,
-                         validation_steps=2, progress=False)
+    return export_bundle(ExportRequest(out=out, model="builtin:tiny-sd", format="tflite", precision="fp32",
+                                       validation=Validation(steps=2), progress=False), model=tiny_model)
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +56,15 @@ def fp32_models(tiny_model, fp32_bundle, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def real_inputs(tiny_model):
-    """A validation trajectory and calibration samples, from real diffusers pipeline runs."""
-    from bksdm_edge.export.inputs import calibration_inputs, trajectory_input_sets
+def real_inputs(tiny_model, tmp_path_factory):
+    """Validation sets (seeds 0 and 1, a trajectory) and calibration samples, from real diffusers pipeline runs."""
+    from bksdm_edge.export.inputs import prepare_inputs
+    from bksdm_edge.export.request import Calibration, Validation
 
-    trajectory = trajectory_input_sets(tiny_model, SHAPE, "a red bicycle", COMPONENT_NAMES, steps=2)
-    calibration = calibration_inputs(tiny_model, SHAPE, ["a cat on a sofa", "a mountain lake at dawn"],
-                                     COMPONENT_NAMES, steps=2)
-    return trajectory, calibration
+    prompts = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    prompts.write_text("a cat on a sofa\na mountain lake at dawn\n")
+    return prepare_inputs(tiny_model, {c: SHAPE for c in COMPONENT_NAMES}, validation=Validation("a red bicycle", 2),
+                          calibration=Calibration(prompts, 2), calibrate=COMPONENT_NAMES, seeds=(0, 1))
 
 
 def test_precisions_registered():
@@ -73,27 +75,26 @@ def test_precisions_registered():
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_component_converts_runs_and_validates(component, precision, tiny_model, fp32_models, real_inputs,
                                                tmp_path):
-    from bksdm_edge.export.inputs import seeded_input_sets
     from bksdm_edge.export.validation import validate_component
 
     spec = COMPONENTS[component]
     target = get_target("tflite", precision)
-    trajectory, calibration = real_inputs
+    inputs = real_inputs[component]
     module = spec.module(tiny_model)
     converted = tflite.convert(
-        module, spec.example_inputs(tiny_model, SHAPE), spec.output_names, tmp_path / component, precision,
-        calibration=calibration.get(component) if component in target.NEEDS_CALIBRATION else None,
+        module, inputs.example, spec.output_names, tmp_path / component, precision,
+        calibration=inputs.calibration if component in target.NEEDS_CALIBRATION else None,
         options={**target.options(component), "fp32_tflite": fp32_models[component].path},
     )
     assert converted.path.exists()
     assert converted.precision == target.options(component).get("recipe", precision)
-    sets = seeded_input_sets(component, tiny_model, SHAPE, seeds=(0, 1)) + trajectory.get(component, [])
+    sets = inputs.validation
     report = validate_component(component, target, module, converted, sets,
                                 input_names=spec.input_names, output_names=spec.output_names)
     assert report.passed, report.failures
     assert report.numeric_checks == "run" and len(report.sets) == len(sets)
     if converted.precision == "w8a8":
-        _check_recorded_quantization(converted, calibration[component])
+        _check_recorded_quantization(converted, inputs.calibration)
 
 
 def _check_recorded_quantization(converted, calibration):
@@ -184,7 +185,8 @@ def test_memory_estimate_scales_with_parameters():
 def test_fp32_bundle_manifest_and_generation_match_onnx(tiny_model, fp32_bundle, tmp_path):
     """The TFLite bundle generates the ONNX bundle's image from the same initial latents."""
     from bksdm_edge.export.bundle import read_manifest
-    from bksdm_edge.export.pipeline import export_bundle
+    from bksdm_edge.export.pipeline import ExportRequest, export_bundle
+    from bksdm_edge.export.request import Validation
     from bksdm_edge.export.validation import psnr
     from bksdm_edge.generate import BundlePipeline
 
@@ -195,8 +197,9 @@ def test_fp32_bundle_manifest_and_generation_match_onnx(tiny_model, fp32_bundle,
     assert [t["name"] for t in unet["inputs"]] == ["sample", "timestep", "encoder_hidden_states"]
     assert unet["inputs"][0]["layout"] == "NCHW" and unet["extra"]["signature"] == "unet"
 
-    onnx_bundle = export_bundle("builtin:tiny-sd", out=tmp_path / "onnx", format="onnx", precision="fp32",
-                                model=tiny_model, validation_steps=2, progress=False)
+    onnx_bundle = export_bundle(ExportRequest(out=tmp_path / "onnx", model="builtin:tiny-sd", format="onnx",
+                                              precision="fp32", validation=Validation(steps=2), progress=False),
+                                model=tiny_model)
     tfl = BundlePipeline(fp32_bundle)
     latents = np.random.default_rng(0).standard_normal(tfl.latent_shape()).astype(np.float32)
     kwargs = dict(steps=3, guidance=7.5, latents=latents)
@@ -259,7 +262,8 @@ def test_full_size_bk_tiny_unet(precision, tmp_path):
     """The SD-v1.4-size BK-SDM-Tiny U-Net (323M params, 512 px, random weights) converts at ``precision``,
     runs in the LiteRT interpreter and passes the shared validation against PyTorch (needs ~8 GB free;
     run one at a time: `python -m pytest -m slow tests/test_export_tflite.py`)."""
-    from bksdm_edge.export.pipeline import export_bundle
+    from bksdm_edge.export.pipeline import ExportRequest, export_bundle
+    from bksdm_edge.export.request import Calibration, Validation
     from bksdm_edge.loading import load_model
     from bksdm_edge.student import build_student
 
@@ -267,8 +271,8 @@ def test_full_size_bk_tiny_unet(precision, tmp_path):
     model.unet, _ = build_student(model.unet, "bk-tiny")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red car on a road\na bowl of fruit on a table\n")
-    path = export_bundle("builtin:sd-v1.4", model=model, out=tmp_path / precision, format="tflite",
-                         precision=precision, components=["unet"], calibration_steps=2, validation_steps=2,
-                         calibration_prompts=prompts, progress=False)
+    path = export_bundle(ExportRequest(out=tmp_path / precision, model="builtin:sd-v1.4", format="tflite",
+                                       precision=precision, components=("unet",), calibration=Calibration(prompts, 2),
+                                       validation=Validation(steps=2), progress=False), model=model)
     report = json.loads((path / "validation.json").read_text())
     assert report["passed"], report

@@ -181,7 +181,7 @@ def _db(x) -> str:
 
 def run_export(variant: str, fmt: str, precision: str, cfg: AblationConfig, work: Path) -> dict[str, Any]:
     """Export the variant's (c) seed-0 student, score the bundle's images, PSNR vs PyTorch on the same latents."""
-    from bksdm_edge.export.pipeline import export_bundle
+    from bksdm_edge.export.pipeline import ExportRequest, export_bundle
     from bksdm_edge.generate import BundlePipeline
     from bksdm_edge.quality.digits import caption, generate_bundle_digits, image_psnr, initial_latents, score_digits
 
@@ -206,9 +206,10 @@ def run_export(variant: str, fmt: str, precision: str, cfg: AblationConfig, work
         ref = (out.images * 255).round().astype(np.uint8)
         np.save(ref_path, ref)
     t = time.perf_counter()
-    bundle = export_bundle(cfg.teacher, out=work / "bundles" / f"{variant}_{fmt}-{precision}", format=fmt,
-                           precision=precision, unet=unet, components=("text_encoder", "unet", "vae_decoder"),
-                           height=cfg.resolution, width=cfg.resolution, overwrite=True, progress=False)
+    bundle = export_bundle(ExportRequest(
+        out=work / "bundles" / f"{variant}_{fmt}-{precision}", model=cfg.teacher, unet=unet, format=fmt,
+        precision=precision, components=("text_encoder", "unet", "vae_decoder"), height=cfg.resolution,
+        width=cfg.resolution, overwrite=True, progress=False))
     export_s = time.perf_counter() - t
     t = time.perf_counter()
     images, digits = generate_bundle_digits(BundlePipeline(bundle, threads=1), eval_cfg, latents=lat)

@@ -349,12 +349,13 @@ class ExportBackend(Backend):
         return Loaded(run=runner)
 
     def prepare_pipeline(self, s, out_dir):
-        from ..export.pipeline import export_bundle
+        from ..export.pipeline import ExportRequest, export_bundle
 
         model = load_scenario_model(s, PIPELINE_PARTS)
-        bundle = export_bundle(s.source, out=out_dir / "bundle", format=self.FORMAT, precision=s.precision,
-                               model=model, height=s.resolution, width=s.resolution, batch=s.batch,
-                               overwrite=True, progress=False)
+        request = ExportRequest(out=out_dir / "bundle", model=s.source, format=self.FORMAT, precision=s.precision,
+                                height=s.resolution, width=s.resolution, batch=s.batch, overwrite=True,
+                                progress=False)
+        bundle = export_bundle(request, model=model)
         return {"files": _files_under(bundle, out_dir), "main": "bundle", "extra": {"bundle": str(bundle)}}
 
     def load_pipeline(self, s, artifact_dir, meta):

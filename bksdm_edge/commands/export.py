@@ -20,10 +20,10 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import json
 
-    from ..export.cli_args import export_kwargs
+    from ..export.cli_args import request_from_args
     from ..export.pipeline import export_bundle
 
-    path = export_bundle(**export_kwargs(args))
+    path = export_bundle(request_from_args(args))
     report = json.loads((path / "validation.json").read_text())
     for name, comp in report["components"].items():
         psnrs = [s["psnr_db"] for s in comp["sets"] if "psnr_db" in s]

@@ -2,31 +2,44 @@
 
     parser = argparse.ArgumentParser()
     add_export_args(parser, formats=("onnx",))      # --format is fixed when one format is given
-    args = parser.parse_args()
-    path = export_bundle(**export_kwargs(args))
+    request = request_from_args(parser.parse_args())
+    path = export_bundle(request)
+
+The help text is made from the registry: each precision's line is its target's ``DESCRIPTION``,
+format-specific options are the targets' ``FORMAT_OPTIONS``, and flags that no offered format uses
+(``--dynamic``, ``--calibration-*``) are not offered. Measured numbers never appear here: they live in
+benchmarks/results and the docs that cite them.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from .registry import ALL_COMPONENTS, DEFAULT_COMPONENTS, FORMAT_MODULES, get_target, precisions
-
-PRECISION_HELP = (
-    "fp32 = reference; fp16 = half weights/math, overflow-prone ops kept fp32. ONNX int8 choices: "
-    "int8 = recommended: static QDQ (calibrated on real pipeline inputs) on the U-Net/VAE convolutions with "
-    "attention/linear MatMuls left float, dynamic int8 for the text encoder (BK-SDM-Tiny U-Net, 512 px, 2 CPU "
-    "threads: 1.44x faster than ORT fp32); int8-static = QDQ on every Conv/MatMul (2.4x SLOWER than fp32 on "
-    "CPU: Q/DQ over the attention probabilities); int8-dynamic = weight-only/dynamic quantize_dynamic, no "
-    "calibration, 4x smaller but also SLOWER than fp32 for the conv-heavy U-Net (ORT's ConvInteger path). "
-    "Other formats list their own precisions."
-)
+from .registry import ALL_COMPONENTS, DEFAULT_COMPONENTS, FORMAT_MODULES, format_targets
+from .request import Calibration, ExportRequest
 
 
-def _components(text: str) -> list[str]:
-    return [c.strip() for c in text.split(",") if c.strip()]
+def components_arg(text: str) -> tuple[str, ...]:
+    """``--components``: a comma-separated list, or ``all``."""
+    if text.strip() == "all":
+        return ALL_COMPONENTS
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
+
+def precision_help(formats: Sequence[str]) -> str:
+    """``--precision`` help: every offered format's precisions with their targets' descriptions."""
+    parts = []
+    for fmt in formats:
+        targets = format_targets(fmt)
+        if not targets:
+            continue
+        lines = "; ".join(f"{t.PRECISION} = {t.DESCRIPTION}" for t in targets)
+        prefix = f"{fmt} (default {targets[0].PRECISION}): " if len(formats) > 1 else ""
+        parts.append(prefix + lines)
+    suffix = "" if len(formats) > 1 else f" (default: {format_targets(formats[0])[0].PRECISION})" if parts else ""
+    return ". ".join(parts) + suffix
 
 
 def add_export_args(parser: argparse.ArgumentParser, formats: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -37,43 +50,66 @@ def add_export_args(parser: argparse.ArgumentParser, formats: Sequence[str] | No
         formats: formats to offer; with one format ``--format`` is not added (the script is format-specific).
     """
     formats = tuple(formats or FORMAT_MODULES)
+    targets = [t for f in formats for t in format_targets(f)]
     parser.add_argument("--model", default="builtin:mini-sd",
-                        help="model source: builtin:NAME, diffusers pipeline folder or hub id (default: builtin:mini-sd)")
-    parser.add_argument("--unet", type=Path, help="student U-Net folder (bksdm-edge build/distill) replacing the model's")
+                        help="model source: builtin:NAME (random weights, no download; e.g. builtin:sd-v1.4), a "
+                             "diffusers pipeline folder, or a hub id in your Hugging Face cache (default: builtin:mini-sd)")
+    parser.add_argument("--unet", type=Path,
+                        help="student U-Net folder written by `bksdm-edge build` or `distill` (BK-SDM Base/Small/Tiny), "
+                             "replacing the model's U-Net")
     if len(formats) > 1:
-        parser.add_argument("--format", default=formats[0], choices=formats, help="export format")
+        parser.add_argument("--format", default=formats[0], choices=formats, help=f"export format (default: {formats[0]})")
     else:
         parser.set_defaults(format=formats[0])
-    choices = sorted({p for f in formats for p in precisions(f)}) or None
-    parser.add_argument("--precision", default="fp32", choices=choices, help=PRECISION_HELP)
-    parser.add_argument("--components", type=_components, default=list(DEFAULT_COMPONENTS),
-                        help=f"comma-separated subset of {','.join(ALL_COMPONENTS)} (default: {','.join(DEFAULT_COMPONENTS)})")
-    parser.add_argument("--height", type=int, help="image height (default: the model's native size)")
-    parser.add_argument("--width", type=int, help="image width (default: the model's native size)")
-    parser.add_argument("--batch", type=int, default=1, choices=(1, 2),
-                        help="exported batch: 1 (two calls per step for CFG) or 2 (uncond+cond in one call)")
-    parser.add_argument("--dynamic", action="store_true",
-                        help="dynamic batch/height/width axes instead of static shapes (ONNX; NPUs need static)")
-    parser.add_argument("--calibration-prompts", type=Path,
-                        help="prompt file (one per line) for static int8 calibration (default: packaged list)")
-    parser.add_argument("--calibration-steps", type=int, default=4, help="denoising steps recorded per prompt")
-    parser.add_argument("--out", required=True, type=Path, help="bundle folder to create")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    choices = list(dict.fromkeys(t.PRECISION for t in targets)) or None
+    parser.add_argument("--precision", choices=choices, help=precision_help(formats))
+    parser.add_argument("--components", type=components_arg, default=DEFAULT_COMPONENTS,
+                        help=f"comma-separated subset of {','.join(ALL_COMPONENTS)}, or 'all' "
+                             f"(default: {','.join(DEFAULT_COMPONENTS)}; vae_encoder enables image-to-image)")
+    parser.add_argument("--height", type=int, help="image height in pixels, a multiple of 64 (default: the model's "
+                                                   "native size, 512 for SD-v1.4)")
+    parser.add_argument("--width", type=int, help="image width in pixels, a multiple of 64 (default: native size)")
+    batches = ", ".join(f"{f}: {format_targets(f)[0].DEFAULT_BATCH}" for f in formats if format_targets(f))
+    parser.add_argument("--batch", "--unet-batch", dest="batch", type=int, choices=(1, 2),
+                        help="the U-Net's batch: 1 (two calls per step for classifier-free guidance) or 2 (the "
+                             "unconditional and conditional rows in one call). The text encoder and VAE are always "
+                             f"exported at batch 1, as every SD pipeline calls them (default: {batches})")
+    if any(t.DYNAMIC_SHAPES for t in targets):
+        parser.add_argument("--dynamic", action="store_true",
+                            help="dynamic batch/height/width axes instead of static shapes (ONNX; NPUs need static)")
+    if any(t.NEEDS_CALIBRATION for t in targets):
+        calibrated = ", ".join(sorted({t.name() for t in targets if t.NEEDS_CALIBRATION}))
+        parser.add_argument("--calibration-prompts", type=Path,
+                            help=f"prompt file (one per line) for static int8 calibration ({calibrated}); "
+                                 "default: the packaged list")
+        parser.add_argument("--calibration-steps", type=int, default=Calibration.steps,
+                            help=f"denoising steps recorded per calibration prompt (default: {Calibration.steps})")
+    parser.add_argument("--out", required=True, type=Path, help="bundle folder to create (written atomically)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    for fmt in formats:
+        options = format_targets(fmt)[0].FORMAT_OPTIONS if format_targets(fmt) else ()
+        if not options:
+            continue
+        title = f"{fmt} options" + (f" (with --format {fmt})" if len(formats) > 1 else "")
+        group = parser.add_argument_group(title)
+        for opt in options:
+            if opt.flag:
+                group.add_argument(opt.cli, dest=f"option_{opt.key}", action="store_true", default=None, help=opt.help)
+            else:
+                group.add_argument(opt.cli, dest=f"option_{opt.key}", choices=opt.choices, type=opt.type,
+                                   help=opt.help)
     return parser
 
 
-def add_export_arguments(parser, format: str | None = None, formats: Sequence[str] | None = None):
-    """Alias of ``add_export_args`` taking a single ``format``."""
-    return add_export_args(parser, formats=(format,) if format else formats)
-
-
-def export_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """Keyword arguments of ``export_bundle`` from parsed options."""
-    get_target(args.format, args.precision)  # a clear error before loading any model
-    return dict(
-        model_src=args.model, unet=args.unet, format=args.format, precision=args.precision,
-        components=args.components, height=args.height, width=args.width, batch=args.batch, dynamic=args.dynamic,
-        calibration_prompts=args.calibration_prompts, calibration_steps=args.calibration_steps, out=args.out,
-        overwrite=args.overwrite, progress=not args.no_progress,
+def request_from_args(args: argparse.Namespace) -> ExportRequest:
+    """The ``ExportRequest`` of parsed options (checked on construction, before any model is loaded)."""
+    options = {k[len("option_"):]: v for k, v in vars(args).items() if k.startswith("option_") and v is not None}
+    prompts = getattr(args, "calibration_prompts", None)
+    return ExportRequest(
+        out=args.out, model=args.model, unet=args.unet, format=args.format, precision=args.precision,
+        components=tuple(args.components), height=args.height, width=args.width, batch=args.batch,
+        dynamic=getattr(args, "dynamic", False),
+        calibration=Calibration(prompts=prompts, steps=getattr(args, "calibration_steps", Calibration.steps)),
+        overwrite=args.overwrite, progress=not args.no_progress, options=options,
     )

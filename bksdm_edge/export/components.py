@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..loading import SDModel
+from .request import ShapeConfig  # noqa: F401 (re-exported: the shape type of make_inputs)
 
 
 class TextEncoderWrapper(nn.Module):
@@ -56,26 +57,6 @@ class VaeEncoderWrapper(nn.Module):
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
         return self.vae.encode(sample, return_dict=False)[0].mean
-
-
-@dataclass(frozen=True)
-class ShapeConfig:
-    """Static export shapes (dynamic axes are opt-in per format)."""
-
-    height: int = 512
-    width: int = 512
-    batch: int = 1
-    dynamic: bool = False
-    max_length: int = 77
-
-    def latent(self, model: SDModel) -> tuple[int, int]:
-        f = model.vae_scale_factor
-        if self.height % (f * 8) or self.width % (f * 8):
-            raise ValueError(
-                f"height and width must be multiples of {f * 8} (VAE factor {f} x U-Net factor 8); "
-                f"got {self.height}x{self.width}"
-            )
-        return self.height // f, self.width // f
 
 
 def _latent_channels(model: SDModel) -> int:

@@ -979,6 +979,8 @@ def load_runner(converted_or_path, *, compute_units: str = "all") -> Runner:
 
 class _CoreMLTarget(ExportTarget):
     FORMAT = "coreml"
+    DYNAMIC_SHAPES = False
+    DEFAULT_BATCH = 2  # Apple's converter and Swift pipeline: both CFG rows in one U-Net call
     # Only names that mean one thing across components can be global; the VAE encoder's
     # "sample" -> "image" rename is per component (TENSOR_RENAMES, target_for_component).
     TENSOR_NAMES = {"latent_sample": "z"}
@@ -1000,6 +1002,7 @@ def target_for_component(target: type[ExportTarget], component: str) -> type[Exp
 @register_target
 class CoreMLFp16(_CoreMLTarget):
     PRECISION = "fp16"
+    DEFAULT = True
     DESCRIPTION = RECIPES["fp16"].description
     TOLERANCES = {"default": Tolerance(min_psnr=35.0)}  # apple/ml-stable-diffusion's gate
 

@@ -68,8 +68,9 @@ def export_coreml_bundle(config: CoreMLExportConfig, *, model=None, log=print) -
     from ..tokenizer_files import clip_merges_and_vocab, write_clip_tokenizer_files
     from . import coreml
     from .components import COMPONENTS
-    from .inputs import seeded_input_sets, trajectory_input_sets
-    from .pipeline import default_shape, versions
+    from .inputs import prepare_inputs
+    from .pipeline import versions
+    from .request import ShapeConfig, Validation
     from .validation import ValidationReport, validate_component
 
     # 1. Every check that needs no model, so a bad combination fails in a second.
@@ -87,7 +88,8 @@ def export_coreml_bundle(config: CoreMLExportConfig, *, model=None, log=print) -
     if model is None:
         log(f"loading {config.model}" + (f" with U-Net {config.unet}" if config.unet else ""))
         model = load_model(config.model, unet=config.unet)
-    base_shape = default_shape(model, config.height, config.width, 1)
+    native = model.unet.config.sample_size * model.vae_scale_factor
+    base_shape = ShapeConfig(height=config.height or native, width=config.width or native)
     base_shape.latent(model)
     shapes = {c: replace(base_shape, batch=config.unet_batch if c == "unet" else APPLE_BATCH[c])
               for c in config.components}
@@ -117,10 +119,8 @@ def export_coreml_bundle(config: CoreMLExportConfig, *, model=None, log=print) -
             converted = coreml.convert(module, spec.example_inputs(model, shape), spec.output_names, resources,
                                        config.precision, options=options)
             # 3. Validate: seeded inputs always; a real denoising trajectory where the model can run.
-            sets = seeded_input_sets(name, model, shape)
-            if runs_here:
-                sets += trajectory_input_sets(model, shape, config.validation_prompt, [name],
-                                              steps=config.validation_steps).get(name, [])
+            validation = Validation(config.validation_prompt, config.validation_steps) if runs_here else None
+            sets = prepare_inputs(model, {name: shape}, validation=validation)[name].validation
             report.components[name] = validate_component(
                 name, coreml.target_for_component(target, name), module, converted, sets,
                 input_names=spec.input_names, output_names=spec.output_names)

@@ -1,18 +1,24 @@
-"""Real component inputs, recorded by running the PyTorch pipeline on prompts.
+"""The one place that prepares a component's inputs for an export: ``prepare_inputs``.
 
-Validation uses them (a real denoising trajectory exercises value ranges that seeded
-random inputs miss) and static int8 quantization calibrates on them.
+Per component it returns the seeded example that conversion traces, the validation sets (seeded,
+plus real inputs from a recorded denoising trajectory) and, for targets that calibrate, calibration
+samples. Real inputs come from ONE recording per export: the PyTorch pipeline runs the validation
+prompt and the calibration prompts (``record_pipeline``), and the rows are split by run, so
+calibration never sees the validation run (other prompts, other seeds), and batched to each
+component's export shape. A real trajectory exercises value ranges that seeded random inputs miss.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..loading import SDModel
-from .components import COMPONENTS, ShapeConfig
+from .components import COMPONENTS
+from .request import Calibration, ShapeConfig, Validation
 
 
 @dataclass
@@ -21,6 +27,31 @@ class InputSet:
 
     name: str
     inputs: dict[str, np.ndarray]
+
+
+@dataclass
+class ComponentInputs:
+    """What an export feeds one component.
+
+    Attributes:
+        example: the seeded inputs conversion traces with (torch tensors; the same values as ``seeded:0``).
+        validation: validation sets: seeded ones, then the recorded trajectory's (if recorded).
+        calibration: calibration samples batched as exported (None when the target does not calibrate).
+    """
+
+    example: dict[str, torch.Tensor]
+    validation: list[InputSet] = field(default_factory=list)
+    calibration: list[dict[str, np.ndarray]] | None = None
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """One recorded pipeline run: a prompt, the seed of its initial latents, its steps, what to record."""
+
+    prompt: str
+    seed: int
+    steps: int
+    components: tuple[str, ...]
 
 
 def seeded_input_sets(component: str, model: SDModel, shape: ShapeConfig, seeds=(0,)) -> list[InputSet]:
@@ -41,109 +72,137 @@ def _rebatch(rows: list[dict[str, np.ndarray]], batch: int) -> list[dict[str, np
 
 
 @torch.no_grad()
-def record_pipeline_inputs(
-    model: SDModel,
-    shape: ShapeConfig,
-    prompts: list[str],
-    *,
-    steps: int = 4,
-    guidance_scale: float = 7.5,
-    seed: int = 0,
-    components=("text_encoder", "unet", "vae_decoder", "vae_encoder"),
-) -> dict[str, list[list[dict[str, np.ndarray]]]]:
-    """Run the diffusers pipeline (classifier-free guidance) on each prompt and record component inputs.
+def record_pipeline(
+    model: SDModel, height: int, width: int, runs: Sequence[PipelineRun], *, guidance_scale: float = 7.5,
+    max_length: int = 77,
+) -> list[dict[str, list]]:
+    """Run the diffusers pipeline (classifier-free guidance) once per run and record component inputs.
 
-    Returns, per component, one list per U-Net call (a scheduler may call it more often than ``steps``:
-    PNDM makes steps + 1 calls) or a single list (others) of single-row input dicts (no batch axis), in
-    the order the pipeline produced them: for the U-Net and text encoder each prompt contributes an
-    unconditional and a conditional row.
+    Returns, per run, a dict component -> rows (no batch axis), in the order the pipeline produced them:
+    for the U-Net one list of rows per call (a scheduler may call it more often than ``steps``: PNDM
+    makes steps + 1 calls), for the others a flat list. The U-Net and text encoder get an unconditional
+    and a conditional row per call / prompt; the VAE decoder gets the final latents divided by the
+    scaling factor; the VAE encoder gets the decoded image.
     """
     pipe = model.to_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    unet_calls: list[list[dict[str, np.ndarray]]] = []
-    call_of_prompt = {"n": 0}
+    calls: list[list[dict[str, np.ndarray]]] = []
 
     def hook(_module, args, kwargs):
         names = ("sample", "timestep", "encoder_hidden_states")
         values = dict(zip(names, args)) | {k: kwargs[k] for k in names if k in kwargs}
         x, t, ehs = (values[k] for k in names)
         t = torch.as_tensor(t, dtype=torch.float32).reshape(-1).expand(x.shape[0])
-        if call_of_prompt["n"] == len(unet_calls):
-            unet_calls.append([])
-        for i in range(x.shape[0]):
-            unet_calls[call_of_prompt["n"]].append(
-                {"sample": x[i].float().numpy(), "timestep": np.float32(t[i]),
-                 "encoder_hidden_states": ehs[i].float().numpy()}
-            )
-        call_of_prompt["n"] += 1
+        calls.append([{"sample": x[i].float().numpy(), "timestep": np.float32(t[i]),
+                       "encoder_hidden_states": ehs[i].float().numpy()} for i in range(x.shape[0])])
 
-    records: dict[str, list] = {c: [] for c in components}
-    latents = []
-    for p, prompt in enumerate(prompts):
-        call_of_prompt["n"] = 0
-        handle = pipe.unet.register_forward_pre_hook(hook, with_kwargs=True) if "unet" in components else None
+    recordings = []
+    scale = model.vae.config.scaling_factor
+    for run in runs:
+        calls.clear()
+        handle = pipe.unet.register_forward_pre_hook(hook, with_kwargs=True) if "unet" in run.components else None
         try:
-            out = pipe(
-                prompt, height=shape.height, width=shape.width, num_inference_steps=steps,
-                guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed + p),
-                output_type="latent",
-            )
+            out = pipe(run.prompt, height=height, width=width, num_inference_steps=run.steps,
+                       guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(run.seed),
+                       output_type="latent")
         finally:
             if handle is not None:
                 handle.remove()
-        latents.append(out.images[0])
-        if "text_encoder" in components:
-            for text in ("", prompt):
-                ids = model.tokenizer(text, padding="max_length", max_length=shape.max_length, truncation=True,
-                                      return_tensors="np").input_ids[0]
-                records["text_encoder"].append({"input_ids": ids.astype(np.int32)})
-    if "unet" in components:
-        records["unet"] = unet_calls
-    scale = model.vae.config.scaling_factor
-    decoder_rows = [{"latent_sample": (z / scale).float().numpy()} for z in latents]
-    if "vae_decoder" in components:
-        records["vae_decoder"] = decoder_rows
-    if "vae_encoder" in components:
-        records["vae_encoder"] = [
-            {"sample": model.vae.decode(torch.from_numpy(r["latent_sample"])[None]).sample[0].clamp(-1, 1).numpy()}
-            for r in decoder_rows
-        ]
-    return records
-
-
-def trajectory_input_sets(
-    model: SDModel, shape: ShapeConfig, prompt: str, components, *, steps: int = 4, seed: int = 0,
-    max_unet_steps: int = 3,
-) -> dict[str, list[InputSet]]:
-    """Validation sets from one pipeline run on ``prompt``: the U-Net at its first, middle and last call."""
-    records = record_pipeline_inputs(model, shape, [prompt], steps=steps, seed=seed, components=components)
-    sets: dict[str, list[InputSet]] = {}
-    for component, rows in records.items():
-        if component == "unet":
-            n = len(rows)
-            picked = sorted({0, n // 2, n - 1})[:max_unet_steps]
-            sets[component] = [
-                InputSet(f"trajectory:step{s}" + (f":{j}" if j else ""), batch)
-                for s in picked for j, batch in enumerate(_rebatch(rows[s], shape.batch))
+        rows: dict[str, list] = {}
+        if "text_encoder" in run.components:
+            rows["text_encoder"] = [
+                {"input_ids": model.tokenizer(text, padding="max_length", max_length=max_length, truncation=True,
+                                              return_tensors="np").input_ids[0].astype(np.int32)}
+                for text in ("", run.prompt)
             ]
-        else:
-            sets[component] = [
-                InputSet("trajectory" + (f":{j}" if j else ""), batch)
-                for j, batch in enumerate(_rebatch(rows, shape.batch))
-            ]
-    return sets
+        if "unet" in run.components:
+            rows["unet"] = list(calls)
+        latent = {"latent_sample": (out.images[0] / scale).float().numpy()}
+        if "vae_decoder" in run.components:
+            rows["vae_decoder"] = [latent]
+        if "vae_encoder" in run.components:
+            image = model.vae.decode(torch.from_numpy(latent["latent_sample"])[None]).sample[0].clamp(-1, 1)
+            rows["vae_encoder"] = [{"sample": image.numpy()}]
+        recordings.append(rows)
+    return recordings
 
 
-def calibration_inputs(
-    model: SDModel, shape: ShapeConfig, prompts: list[str], components, *, steps: int = 4, seed: int = 1000,
-) -> dict[str, list[dict[str, np.ndarray]]]:
-    """Calibration samples (batched as exported) for static quantization, from real pipeline runs."""
-    records = record_pipeline_inputs(model, shape, prompts, steps=steps, seed=seed, components=components)
-    out = {}
-    for component, rows in records.items():
-        flat = [r for step in rows for r in step] if component == "unet" else rows
-        out[component] = _rebatch(flat, shape.batch)
-    return out
+def trajectory_sets(component: str, rows: list, batch: int, max_unet_steps: int = 3) -> list[InputSet]:
+    """Validation sets from one recorded run: the U-Net at its first, middle and last call."""
+    if component == "unet":
+        picked = sorted({0, len(rows) // 2, len(rows) - 1})[:max_unet_steps]
+        return [InputSet(f"trajectory:step{s}" + (f":{j}" if j else ""), b)
+                for s in picked for j, b in enumerate(_rebatch(rows[s], batch))]
+    return [InputSet("trajectory" + (f":{j}" if j else ""), b) for j, b in enumerate(_rebatch(rows, batch))]
+
+
+def calibration_samples(component: str, recordings: list[dict[str, list]], batch: int) -> list[dict[str, np.ndarray]]:
+    """Every recorded row of ``component`` over the calibration runs, batched as exported."""
+    if component == "unet":  # call by call across the runs (every run's first call, then every second ...)
+        calls = [rows.get("unet", []) for rows in recordings]
+        flat = [r for k in range(max(map(len, calls), default=0)) for run in calls if k < len(run) for r in run[k]]
+    else:
+        flat = [r for rows in recordings for r in rows.get(component, [])]
+    return _rebatch(flat, batch)
+
+
+def prepare_inputs(
+    model: SDModel,
+    shapes: Mapping[str, ShapeConfig],
+    *,
+    validation: Validation | None = None,
+    calibration: Calibration | None = None,
+    calibrate: Sequence[str] = (),
+    seeds: Sequence[int] = (0,),
+    progress: bool = False,
+) -> dict[str, ComponentInputs]:
+    """Inputs of every component in ``shapes`` for one export (or re-validation).
+
+    Args:
+        model: the loaded source model.
+        shapes: component -> its export shape (``ExportRequest.component_shape``); all share height/width.
+        validation: record this run for validation (None: seeded validation sets only, e.g. when the
+            exported model cannot run here and only declared shapes are checked).
+        calibration: prompts/steps/seed of the calibration runs, used for the ``calibrate`` components.
+        calibrate: components whose target needs calibration samples.
+        seeds: seeds of the seeded validation sets (the first one is also the conversion example).
+        progress: a progress bar over the recorded runs.
+    """
+    components = tuple(shapes)
+    first = next(iter(shapes.values()))
+    calibrate = tuple(c for c in calibrate if c in shapes)
+    runs = []
+    if validation is not None:
+        runs.append(PipelineRun(validation.prompt, validation.seed, validation.steps, components))
+    if calibrate:
+        prompts = read_prompts(calibration.prompts)
+        runs += [PipelineRun(p, calibration.seed + i, calibration.steps, calibrate) for i, p in enumerate(prompts)]
+    recordings = record_pipeline(model, first.height, first.width, _progress(runs, progress),
+                                 max_length=first.max_length) if runs else []
+    validation_rows = recordings[0] if validation is not None else {}
+    calibration_rows = recordings[1:] if validation is not None else recordings
+
+    prepared = {}
+    for name, shape in shapes.items():
+        spec = COMPONENTS[name]
+        sets = seeded_input_sets(name, model, shape, seeds)
+        if name in validation_rows:
+            sets += trajectory_sets(name, validation_rows[name], shape.batch)
+        prepared[name] = ComponentInputs(
+            example=spec.example_inputs(model, shape, seeds[0]), validation=sets,
+            calibration=calibration_samples(name, calibration_rows, shape.batch) if name in calibrate else None,
+        )
+    return prepared
+
+
+def _progress(runs: list, enabled: bool) -> Any:
+    if not enabled or not runs:
+        return runs
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(runs, desc="recording pipeline inputs", leave=False, file=sys.stderr)
 
 
 def read_prompts(path=None) -> list[str]:

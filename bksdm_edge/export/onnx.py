@@ -341,6 +341,7 @@ INT8_TOLERANCES = {
 @register_target
 class OnnxFp32(_OnnxTarget):
     PRECISION = "fp32"
+    DEFAULT = True
     DESCRIPTION = "float32, reference accuracy"
     TOLERANCES = {
         "default": Tolerance(atol=1e-4, rtol=1e-3),
@@ -369,7 +370,8 @@ class OnnxInt8Dynamic(_OnnxTarget):
 @register_target
 class OnnxInt8Static(_OnnxTarget):
     PRECISION = "int8-static"
-    DESCRIPTION = "static QDQ int8 everywhere (per-channel weights, activations calibrated on real pipeline inputs)"
+    DESCRIPTION = ("static QDQ int8 on every Conv/MatMul (per-channel weights, activations calibrated on real "
+                   "pipeline inputs); slower than fp32 on CPU (Q/DQ over the attention probabilities)")
     TOLERANCES = INT8_TOLERANCES
     NEEDS_CALIBRATION = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
     OPTIONS = {"default": {"quantization": "static"}}
@@ -378,12 +380,11 @@ class OnnxInt8Static(_OnnxTarget):
 @register_target
 class OnnxInt8(_OnnxTarget):
     PRECISION = "int8"
+    # Measured step times of this recipe: benchmarks/results/target and cpu-full (README, docs/bundle_format.md).
     DESCRIPTION = ("recommended int8: static QDQ (calibrated, per-channel int8 weights, uint8 activations) on the "
                    "convolutions and linear projections (MatMuls with a constant weight) of the U-Net and VAE; "
-                   "attention's QK^T/AV MatMuls kept float; dynamic int8 for the text encoder. Full-size "
-                   "BK-SDM-Tiny U-Net step at 512 px, 2 threads (benchmarks/results/target): 1.31 s vs 2.65 s in fp32 "
-                   "(conv-only int8: 1.70 s); "
-                   "QDQ on every MatMul is 2.4x SLOWER than fp32 (Q/DQ over the 4,096-token attention probabilities)")
+                   "attention's QK^T/AV MatMuls kept float (Q/DQ over the attention probabilities is slower than "
+                   "fp32 on CPU); dynamic int8 for the text encoder")
     TOLERANCES = INT8_TOLERANCES
     NEEDS_CALIBRATION = ("unet", "vae_decoder", "vae_encoder")
     OPTIONS = {"default": {"quantization": "static", "op_types": ["Conv", "Gemm", "MatMul"], "matmuls": "projections"},

@@ -12,13 +12,12 @@ import sys
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from ..errors import BksdmError
 from .bundle import VALIDATION, BundleWriter, component_entry, read_manifest, scheduler_entry, verify_bundle
-from .registry import get_target
+from .manifest import ModelFacts, build_manifest
+from .request import ExportRequest, Validation
 
-DEFAULT_VALIDATION_PROMPT = "a photo of an astronaut riding a horse on mars"
 VERSION_PACKAGES = ("torch", "diffusers", "transformers", "onnx", "onnxruntime", "coremltools", "ai-edge-litert",
                     "litert-torch", "numpy")
 
@@ -36,156 +35,107 @@ def versions() -> dict[str, str]:
     return out
 
 
-def default_shape(model, height=None, width=None, batch=1, dynamic=False):
-    """ShapeConfig from the user's sizes, else the U-Net's native resolution."""
-    from .components import ShapeConfig
-
-    native = model.unet.config.sample_size * model.vae_scale_factor
-    return ShapeConfig(height=height or native, width=width or native, batch=batch, dynamic=dynamic)
-
-
 def _progress(iterable, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, disable=not enabled, leave=False, file=sys.stderr)
 
 
-def export_bundle(
-    model_src: str,
-    *,
-    out: str | Path,
-    format: str = "onnx",
-    precision: str = "fp32",
-    unet: str | Path | None = None,
-    components: Sequence[str] | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    batch: int = 1,
-    dynamic: bool = False,
-    calibration_prompts: str | Path | None = None,
-    calibration_steps: int = 4,
-    validation_prompt: str = DEFAULT_VALIDATION_PROMPT,
-    validation_steps: int = 4,
-    overwrite: bool = False,
-    progress: bool = True,
-    model=None,
-) -> Path:
-    """Export, validate and bundle an SD model; returns the bundle path.
+def model_facts(model) -> ModelFacts:
+    """The facts a manifest records about a loaded ``SDModel``."""
+    vae = model.vae.config
+    return ModelFacts(
+        family=model.family, variant=(model.info.get("student") or {}).get("variant"),
+        vae_scale_factor=model.vae_scale_factor, latent_channels=vae.latent_channels,
+        latent_scaling_factor=vae.scaling_factor, scheduler=scheduler_entry(model.scheduler),
+        pad_token=model.tokenizer.pad_token,
+    )
+
+
+def export_bundle(request: ExportRequest, *, model=None) -> Path:
+    """Export, validate and bundle an SD model as ``request`` describes; returns the bundle path.
 
     Args:
-        model_src: model source (``builtin:NAME``, diffusers folder, hub id).
-        out: bundle folder to create (written atomically).
-        format, precision: an export target (``registry.get_target``).
-        unet: optional student U-Net folder replacing the source's U-Net.
-        components: components to export (default: text_encoder, unet, vae_decoder).
-        height, width, batch: static export shapes (default: the model's native size, batch 1;
-            batch 2 holds the unconditional and conditional rows of classifier-free guidance).
-        dynamic: export batch/height/width as dynamic axes (when the format supports it).
-        calibration_prompts: prompt file for static int8 calibration (default: the packaged list).
-        calibration_steps: denoising steps recorded per calibration prompt.
-        validation_prompt, validation_steps: the pipeline run whose real inputs validation uses.
-        overwrite: replace an existing bundle at ``out``.
-        progress: show progress bars on stderr.
-        model: an already loaded ``SDModel`` (skips loading ``model_src``; used by tests).
+        request: what to export and how (``ExportRequest``; checked when it was built).
+        model: an already loaded ``SDModel`` (skips loading ``request.model``; tests and the benchmark use it).
     Raises:
         ValidationFailed: an exported component did not match PyTorch (bundle left as ``OUT.failed``).
     """
     from ..loading import load_model
-    from ..tokenizer_files import clip_merges_and_vocab, write_clip_tokenizer_files
-    from .components import COMPONENTS, DEFAULT_COMPONENTS
-    from .inputs import calibration_inputs, read_prompts, seeded_input_sets, trajectory_input_sets
+    from ..tokenizer_files import write_clip_tokenizer_files
+    from .components import COMPONENTS
+    from .inputs import prepare_inputs, read_prompts
     from .validation import ValidationReport, validate_component
 
-    target = get_target(format, precision)
-    components = tuple(components or DEFAULT_COMPONENTS)
-    unknown = [c for c in components if c not in COMPONENTS]
-    if unknown:
-        raise BksdmError(f"unknown components {unknown}; choose from {', '.join(COMPONENTS)}")
-    unsupported = [c for c in components if c not in target.COMPONENTS]
-    if unsupported:
-        raise BksdmError(f"{target.name()} cannot export {unsupported}; it exports {', '.join(target.COMPONENTS)}")
-    writer = BundleWriter(out, overwrite=overwrite)  # refuses an existing bundle before any slow work
+    target = request.target
+    writer = BundleWriter(request.out, overwrite=request.overwrite)  # refuses an existing bundle before slow work
 
-    # 1. Load the model and settle the shapes.
+    # 1. Load the model and settle each component's shape (U-Net: the requested batch; others: batch 1).
     if model is None:
-        model = load_model(model_src, unet=unet)
-    shape = default_shape(model, height, width, batch, dynamic)
-    shape.latent(model)  # checks divisibility
+        model = load_model(request.model, unet=request.unet)
+    shapes = {c: request.component_shape(c, model) for c in request.components}
 
-    # 2. Real inputs: one validation trajectory, and calibration runs if the target needs them.
-    steps = _progress(range(2), "recording pipeline inputs", progress)
-    real_sets = trajectory_input_sets(model, shape, validation_prompt, components, steps=validation_steps)
-    steps.update()
-    calib_components = [c for c in components if c in target.NEEDS_CALIBRATION]
-    calibration: dict[str, list] = {}
-    prompts = read_prompts(calibration_prompts) if calib_components else []
-    if calib_components:
-        calibration = calibration_inputs(model, shape, prompts, calib_components, steps=calibration_steps)
-    steps.update()
-    steps.close()
+    # 2. Inputs: seeded sets, one recorded pipeline run for validation (when the export can run here)
+    #    and the calibration runs (when the target calibrates).
+    calibrate = [c for c in request.components if c in target.NEEDS_CALIBRATION]
+    inputs = prepare_inputs(model, shapes, validation=request.validation if target.needs_recorded_inputs() else None,
+                            calibration=request.calibration, calibrate=calibrate, progress=request.progress)
 
+    base = shapes[request.components[0]]
     report = ValidationReport(target=target.name(), context={
-        "validation_prompt": validation_prompt, "validation_steps": validation_steps, "shape": asdict(shape)})
+        "validation_prompt": request.validation.prompt, "validation_steps": request.validation.steps,
+        "shapes": {c: asdict(s) for c, s in shapes.items()}})
     manifest_components: dict[str, Any] = {}
     with writer:
         root = writer.root
         # 3. Convert and validate every component; collect all failures before deciding.
-        for name in _progress(components, f"exporting {target.name()}", progress):
+        for name in _progress(request.components, f"exporting {target.name()}", request.progress):
             spec = COMPONENTS[name]
             module = spec.module(model)
-            options = target.options(name)
-            if shape.dynamic:
-                options["dynamic_axes"] = spec.dynamic_axes
             converted = target.convert(
-                module, spec.example_inputs(model, shape), spec.output_names, root / name, precision,
-                calibration=calibration.get(name), options=options,
+                module, inputs[name].example, spec.output_names, target.component_dir(root, name), target.PRECISION,
+                calibration=inputs[name].calibration, options=target.component_options(name, request),
             )
-            sets = seeded_input_sets(name, model, shape) + real_sets.get(name, [])
             report.components[name] = validate_component(
-                name, target, module, converted, sets, input_names=spec.input_names, output_names=spec.output_names)
+                name, target.for_component(name), module, converted, inputs[name].validation,
+                input_names=spec.input_names, output_names=spec.output_names)
             manifest_components[name] = component_entry(converted, root)
         report.save(root / VALIDATION)
 
-        # 4. Tokenizer, scheduler and the format's own layout files.
-        tok = model.tokenizer
-        write_clip_tokenizer_files(root / "tokenizer", tok.pad_token)
-        vocab = clip_merges_and_vocab()[1]
+        # 4. Tokenizer, scheduler, the manifest and the format's own layout files.
+        write_clip_tokenizer_files(root / "tokenizer", model.tokenizer.pad_token)
         model.scheduler.save_config(root / "scheduler")
-        scheduler = scheduler_entry(model.scheduler)
-        vae = model.vae.config
-        manifest = {
-            "format": target.FORMAT,
-            "precision": target.PRECISION,
-            "target": {"name": target.name(), "description": target.DESCRIPTION},
-            "source": {
-                "model": model_src, "unet": str(unet) if unet else None,
-                "variant": (model.info.get("student") or {}).get("variant"), "family": model.family,
-            },
-            "image": {"height": shape.height, "width": shape.width, "batch": shape.batch, "dynamic": shape.dynamic,
-                      "vae_scale_factor": model.vae_scale_factor, "latent_channels": vae.latent_channels},
-            "latent_scaling_factor": vae.scaling_factor,
-            "vae_decoder_input_scaled": False,
-            "vae_decoder_output_range": [-1, 1],
-            "prediction_type": scheduler.get("prediction_type", "epsilon"),
-            "scheduler": scheduler,
-            "tokenizer": {"vocab": "tokenizer/vocab.json", "merges": "tokenizer/merges.txt",
-                          "max_length": shape.max_length, "bos_token_id": vocab["<|startoftext|>"],
-                          "eos_token_id": vocab["<|endoftext|>"], "pad_token_id": vocab[tok.pad_token],
-                          "pad_token": tok.pad_token},
-            "components": manifest_components,
-            "export": {
-                "calibration": {"prompts": str(calibration_prompts) if calibration_prompts else "default",
-                                "num_prompts": len(prompts), "steps": calibration_steps,
-                                "samples": {c: len(v) for c, v in calibration.items()}} if calib_components else None,
-                "validation": {"prompt": validation_prompt, "steps": validation_steps, "passed": report.passed},
-            },
-            "versions": versions(),
-        }
+        calibration = None
+        if calibrate:
+            prompts = request.calibration.prompts
+            calibration = {"prompts": str(prompts) if prompts else "default", "num_prompts": len(read_prompts(prompts)),
+                           "steps": request.calibration.steps,
+                           "samples": {c: len(inputs[c].calibration) for c in calibrate}}
+        manifest = build_manifest(
+            request, target, model_facts(model), height=base.height, width=base.width, max_length=base.max_length,
+            components=manifest_components, calibration=calibration,
+            validation={"prompt": request.validation.prompt, "steps": request.validation.steps,
+                        "passed": report.passed, "numeric_checks": report.numeric_checks},
+            versions=versions(),
+        )
         target.write_layout_files(root, manifest)
 
         # 5. Only a validated export becomes a bundle; a failed one stays as OUT.failed for inspection.
         report.raise_if_failed(f" (report kept in {writer.out.name}.failed/{VALIDATION})")
         return writer.commit(manifest)
+
+
+def request_of_bundle(path: str | Path, manifest: dict[str, Any]) -> ExportRequest:
+    """The ``ExportRequest`` a bundle was made from, as far as its manifest records it (for re-validation)."""
+    img, src = manifest["image"], manifest["source"]
+    val = (manifest.get("export") or {}).get("validation") or {}
+    return ExportRequest(
+        out=Path(path), model=src["model"], unet=src.get("unet"), format=manifest["format"],
+        precision=manifest["precision"], components=tuple(manifest["components"]), height=img["height"],
+        width=img["width"], batch=img.get("batch", 1), dynamic=img.get("dynamic", False),
+        validation=Validation(prompt=val.get("prompt", Validation.prompt), steps=val.get("steps", Validation.steps)),
+        overwrite=True, progress=False,
+    )
 
 
 def validate_bundle(path: str | Path, *, model=None, progress: bool = True, report_path: str | Path | None = None):
@@ -197,40 +147,43 @@ def validate_bundle(path: str | Path, *, model=None, progress: bool = True, repo
         report_path: where to write the report (the bundle itself is never modified).
     Returns the ``ValidationReport``; raises ``ValidationFailed`` when a check fails.
     """
+    from dataclasses import replace
+
     from ..loading import load_model
-    from .components import COMPONENTS, ShapeConfig
-    from .inputs import seeded_input_sets, trajectory_input_sets
-    from .tensor_io import tensor_info_from_json
     from .base import ConvertedModel
+    from .components import COMPONENTS
+    from .inputs import prepare_inputs
+    from .tensor_io import tensor_info_from_json
     from .validation import ValidationReport, validate_component
 
     root = Path(path)
     manifest = verify_bundle(root)
-    target = get_target(manifest["format"], manifest["precision"])
+    request = request_of_bundle(root, manifest)
+    target = request.target
     if model is None:
-        model = load_model(manifest["source"]["model"], unet=manifest["source"].get("unet"))
-    img = manifest["image"]
-    shape = ShapeConfig(height=img["height"], width=img["width"], batch=img["batch"], dynamic=img.get("dynamic", False))
-    val = manifest.get("export", {}).get("validation") or {}
-    prompt, steps = val.get("prompt", DEFAULT_VALIDATION_PROMPT), val.get("steps", 4)
-    names = list(manifest["components"])
-    real_sets = trajectory_input_sets(model, shape, prompt, names, steps=steps)
+        model = load_model(request.model, unet=request.unet)
+    shapes = {}
+    for name in request.components:
+        # Each component at its own exported batch (bundles from before per-component batches had one batch).
+        declared = manifest["components"][name]["inputs"][0]["shape"][0]
+        shapes[name] = replace(request.component_shape(name, model),
+                               batch=declared if isinstance(declared, int) else request.batch)
+    inputs = prepare_inputs(model, shapes, validation=request.validation if target.needs_recorded_inputs() else None)
     report = ValidationReport(target=target.name(), context={"bundle": str(root), "revalidation": True})
-    for name in _progress(names, "validating", progress):
+    for name in _progress(request.components, "validating", progress):
         entry, spec = manifest["components"][name], COMPONENTS[name]
         converted = ConvertedModel(
             path=root / entry["file"], files=[], precision=entry["precision"],
             inputs=[tensor_info_from_json(t) for t in entry["inputs"]],
             outputs=[tensor_info_from_json(t) for t in entry["outputs"]], extra=entry.get("extra", {}),
         )
-        sets = seeded_input_sets(name, model, shape) + real_sets.get(name, [])
         report.components[name] = validate_component(
-            name, target, spec.module(model), converted, sets, input_names=spec.input_names,
-            output_names=spec.output_names)
+            name, target.for_component(name), spec.module(model), converted, inputs[name].validation,
+            input_names=spec.input_names, output_names=spec.output_names)
     if report_path:
         report.save(report_path)
     report.raise_if_failed()
     return report
 
 
-__all__ = ["export_bundle", "validate_bundle", "read_manifest", "verify_bundle", "versions"]
+__all__ = ["ExportRequest", "export_bundle", "validate_bundle", "read_manifest", "verify_bundle", "versions"]

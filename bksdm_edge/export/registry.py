@@ -45,6 +45,25 @@ DEFAULT_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 
 
 @dataclass(frozen=True)
+class FormatOption:
+    """A format-specific export option: its key in ``ExportRequest.options`` and its command-line flag.
+
+    ``cli_args.add_export_args`` makes ``--KEY`` (underscores as dashes) from it, so
+    ``bksdm-edge export --format F`` and ``export/to_F.py`` offer the same options with the same help.
+    """
+
+    key: str
+    help: str
+    choices: tuple[Any, ...] | None = None
+    type: Callable[[str], Any] | None = None
+    flag: bool = False  # a switch (store_true) instead of a value
+
+    @property
+    def cli(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+
+@dataclass(frozen=True)
 class Tolerance:
     """Validation thresholds of one component.
 
@@ -78,6 +97,14 @@ class ExportTarget:
     TENSOR_NAMES: ClassVar[dict[str, str]] = {}
     # Extra keyword options passed to ``convert(..., options=...)`` per component ("default" for the rest).
     OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {}
+    # The format's default precision when a request names none (exactly one target per format sets it).
+    DEFAULT: ClassVar[bool] = False
+    # The U-Net batch when a request names none (text encoder and VAE are always batch 1).
+    DEFAULT_BATCH: ClassVar[int] = 1
+    # Whether batch/height/width can be exported as dynamic axes.
+    DYNAMIC_SHAPES: ClassVar[bool] = True
+    # Format-specific options a request may carry (``check_options`` validates them).
+    FORMAT_OPTIONS: ClassVar[tuple[FormatOption, ...]] = ()
 
     # Back-end functions (see base.py). Set with staticmethod(...).
     convert: ClassVar[Callable[..., ConvertedModel]]
@@ -103,6 +130,47 @@ class ExportTarget:
         """Why the exported model cannot be run on this machine (None = it can)."""
         return None
 
+    # -- hooks of the export path (``pipeline.export_bundle``); the defaults fit ONNX and TFLite --
+
+    @classmethod
+    def check_options(cls, request, options: dict[str, Any]) -> dict[str, Any]:
+        """Check a request's format-specific options; returns them normalised (a format without options
+        refuses any)."""
+        if options:
+            raise ExportError(f"{cls.FORMAT} export takes no format options; got {sorted(options)}")
+        return options
+
+    @classmethod
+    def component_options(cls, component: str, request) -> dict[str, Any]:
+        """The ``convert(..., options=...)`` of one component of ``request``."""
+        options = cls.options(component)
+        if request.dynamic:
+            from .components import COMPONENTS
+
+            options["dynamic_axes"] = COMPONENTS[component].dynamic_axes
+        return options
+
+    @classmethod
+    def component_dir(cls, root: Path, component: str) -> Path:
+        """Where ``convert`` writes ``component`` inside the bundle (one folder per component by default)."""
+        return root / component
+
+    @classmethod
+    def for_component(cls, component: str) -> type["ExportTarget"]:
+        """The target as validation sees ``component`` (formats that rename tensors per component override)."""
+        return cls
+
+    @classmethod
+    def needs_recorded_inputs(cls) -> bool:
+        """Whether validation replays recorded pipeline inputs: only when the exported model runs here
+        (a static check compares declared shapes only, so recording a trajectory would be wasted time)."""
+        return cls.runtime_unavailable() is None
+
+    @classmethod
+    def manifest_section(cls, request) -> dict[str, Any]:
+        """Extra top-level manifest entries of this format (e.g. Core ML's ``coreml``)."""
+        return {}
+
     @classmethod
     def write_layout_files(cls, root: Path, info: dict[str, Any]) -> list[Path]:
         """Write format-specific files at the bundle root (e.g. ONNX's model_index.json); returns them."""
@@ -122,6 +190,8 @@ def register_target(cls: type[ExportTarget]) -> type[ExportTarget]:
     key = (cls.FORMAT, cls.PRECISION)
     if key in _TARGETS and _TARGETS[key] is not cls:
         raise TypeError(f"two export targets for {key}: {_TARGETS[key].__name__} and {cls.__name__}")
+    if cls.DEFAULT and any(t.DEFAULT and f == cls.FORMAT and t is not cls for (f, _), t in _TARGETS.items()):
+        raise TypeError(f"two default targets for format {cls.FORMAT!r}")
     _TARGETS[key] = cls
     return cls
 
@@ -156,6 +226,16 @@ def all_targets() -> dict[tuple[str, str], type[ExportTarget]]:
     return dict(_TARGETS)
 
 
+def format_targets(fmt: str) -> list[type[ExportTarget]]:
+    """The registered targets of a format, default first then by precision (empty when unavailable)."""
+    try:
+        _import_format(fmt)
+    except ExportError:
+        return []
+    found = [t for (f, _), t in _TARGETS.items() if f == fmt]
+    return sorted(found, key=lambda t: not t.DEFAULT)  # stable: registration order after the default
+
+
 def precisions(fmt: str) -> list[str]:
     """Precisions registered for a format (empty when its back-end is unavailable)."""
     try:
@@ -163,3 +243,12 @@ def precisions(fmt: str) -> list[str]:
     except ExportError:
         return []
     return sorted(p for f, p in _TARGETS if f == fmt)
+
+
+def default_precision(fmt: str) -> str:
+    """The precision a request of format ``fmt`` gets when it names none (the target marked ``DEFAULT``)."""
+    _import_format(fmt)
+    defaults = [p for (f, p), t in _TARGETS.items() if f == fmt and t.DEFAULT]
+    if len(defaults) != 1:
+        raise ExportError(f"format {fmt!r} declares no default precision; pass one of {', '.join(precisions(fmt))}")
+    return defaults[0]

@@ -447,6 +447,7 @@ def load_runner(converted_or_path: ConvertedModel | Path | str, *, threads: int 
 
 class _TFLiteTarget(ExportTarget):
     FORMAT = "tflite"
+    DYNAMIC_SHAPES = False
     convert = staticmethod(convert)
     load_runner = staticmethod(load_runner)
 
@@ -463,6 +464,7 @@ class _TFLiteTarget(ExportTarget):
 @register_target
 class TFLiteFp32(_TFLiteTarget):
     PRECISION = "fp32"
+    DEFAULT = True
     DESCRIPTION = "float32 reference (over 2 GiB of weights, e.g. the SD-v1.4 U-Net: prefer fp16/int8)"
     TOLERANCES = {"default": Tolerance(atol=1e-4, rtol=1e-3), "vae_decoder": Tolerance(atol=1e-3, rtol=1e-3),
                   "vae_encoder": Tolerance(atol=1e-3, rtol=1e-3)}

@@ -95,6 +95,12 @@ class ValidationReport:
     def passed(self) -> bool:
         return not self.failures
 
+    @property
+    def numeric_checks(self) -> str:
+        """"run" when every component's values were compared with PyTorch, else the first reason they were not."""
+        skipped = [r.numeric_checks for r in self.components.values() if r.numeric_checks != "run"]
+        return skipped[0] if skipped else "run"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "target": self.target,
