@@ -187,7 +187,7 @@ def test_fp32_bundle_manifest_and_generation_match_onnx(tiny_model, fp32_bundle,
     from bksdm_edge.export.bundle import read_manifest
     from bksdm_edge.export.pipeline import ExportRequest, export_bundle
     from bksdm_edge.export.request import Validation
-    from bksdm_edge.export.validation import psnr
+    from bksdm_edge.metrics import psnr
     from bksdm_edge.generate import BundlePipeline
 
     manifest = read_manifest(fp32_bundle)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from _export_helpers import tiny_bundle
 from bksdm_edge.export.bundle import BundleError
-from bksdm_edge.export.validation import psnr
+from bksdm_edge.metrics import psnr
 from bksdm_edge.generate import BundlePipeline
 
 ROOT = Path(__file__).parents[1]

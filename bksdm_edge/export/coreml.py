@@ -816,7 +816,7 @@ def weight_psnr(path: str | Path, module) -> dict[str, Any]:
     Stored tensors are matched to parameters by name (coremltools names weight constants after
     the traced attribute path). Returns a summary with the worst tensors.
     """
-    from .validation import psnr
+    from ..metrics import psnr
 
     params = {k.replace(".", "_"): v.detach().float().numpy() for k, v in module.state_dict().items()}
     program = _load_program(Path(path))

@@ -20,33 +20,16 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import ValidationFailed
+from ..metrics import error_metrics
 from .base import ConvertedModel
 from .registry import ExportTarget, Tolerance
 from .tensor_io import from_runner_outputs, to_runner_inputs
 
 
-def psnr(reference: np.ndarray, actual: np.ndarray, peak: float | None = None) -> float:
-    """PSNR in dB; ``peak`` defaults to max |reference| (apple/ml-stable-diffusion's definition)."""
-    reference = reference.astype(np.float64)
-    rmse = float(np.sqrt(np.mean((reference - actual.astype(np.float64)) ** 2)))
-    peak = float(np.abs(reference).max()) if peak is None else peak
-    return float(20 * np.log10((peak + 1e-5) / (rmse + 1e-10)))
-
-
-def cosine(reference: np.ndarray, actual: np.ndarray) -> float:
-    a, b = reference.astype(np.float64).ravel(), actual.astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
-
-
 def compare(reference: np.ndarray, actual: np.ndarray, tol: Tolerance) -> tuple[dict[str, float], list[str]]:
     """Metrics of ``actual`` against ``reference`` and the thresholds of ``tol`` they break."""
+    metrics = error_metrics(reference, actual)
     diff = np.abs(reference.astype(np.float64) - actual.astype(np.float64))
-    metrics = {
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
-        "psnr_db": psnr(reference, actual),
-        "cosine": cosine(reference, actual),
-    }
     broken = []
     if not np.all(np.isfinite(actual)):
         broken.append(f"{int((~np.isfinite(actual)).sum())} non-finite values")
