@@ -273,9 +273,33 @@ def load_model(
     if unet is not None and "unet" in components:
         model.unet = load_unet(unet, dtype, weights)
         model.unet_source = str(unet)
-        meta = Path(unet) / "bksdm_edge.json"
-        if meta.exists():
-            model.info["student"] = json.loads(meta.read_text())
+        model.info["student"] = _student_info(src, unet)
     if model.is_lcm and model.scheduler is not None:
         model.scheduler = lcm_scheduler(model, Path(unet) if unet is not None else None)
     return model
+
+
+def teacher_unet_config(src: str) -> dict[str, Any] | None:
+    """The U-Net config of a model source without loading weights (None when it cannot be read)."""
+    if src.startswith(BUILTIN_PREFIX):
+        spec = BUILTINS.get(src[len(BUILTIN_PREFIX):])
+        return dict(spec.unet) if spec else None
+    local = _read_unet_config(src)
+    if local is not None or Path(src).exists():
+        return local
+    from diffusers import UNet2DConditionModel
+
+    try:
+        return dict(UNet2DConditionModel.load_config(src, subfolder="unet"))
+    except OSError:
+        return None
+
+
+def _student_info(src: str, unet: str | Path) -> dict[str, Any]:
+    """The student folder's ``bksdm_edge.json`` plus the removal plan it corresponds to (see plans.resolve)."""
+    from .plans.resolve import read_student_meta, student_info
+
+    teacher = teacher_unet_config(src)
+    if teacher is None:
+        return {**read_student_meta(unet), "plan_note": f"the U-Net config of {src} could not be read"}
+    return student_info(unet, teacher)

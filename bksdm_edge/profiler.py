@@ -36,6 +36,7 @@ class Profile:
     size_fp32_mb: float
     size_fp16_mb: float
     size_int8_mb: float
+    plan: str = ""  # students: the removal plan, one line (``Plan.summary``), or why a folder is no removal
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,6 +100,36 @@ def count_macs(model: nn.Module):
     finally:
         for h in handles:
             h.remove()
+
+
+def module_costs(unet: nn.Module, *, resolution: int = 512, vae_factor: int = 8) -> dict[str, list[int]]:
+    """Per module of a U-Net: [own parameters, paper-convention MACs, attention-matmul MACs] of one step.
+
+    Own parameters exclude submodules', so the rows sum to the totals ``profile_component`` reports. Runs on
+    the meta device (no weights, no compute).
+    """
+    from diffusers.models.attention_processor import Attention
+
+    meta_model = to_meta(unet)
+    costs: dict[str, list[int]] = {name: [sum(p.numel() for p in m.parameters(recurse=False)), 0, 0]
+                                   for name, m in meta_model.named_modules()}
+    handles = []
+    for name, m in meta_model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear) + NORM_TYPES):
+            handles.append(m.register_forward_hook(
+                lambda mod, i, o, name=name: costs[name].__setitem__(1, costs[name][1] + _module_macs(mod, i, o))))
+        if isinstance(m, Attention):
+            handles.append(m.register_forward_hook(
+                lambda mod, a, k, o, name=name: costs[name].__setitem__(2, costs[name][2] + _attention_macs(mod, a, k)),
+                with_kwargs=True))
+    try:
+        args, _ = _component_inputs("unet", meta_model, resolution, vae_factor, 1)
+        with torch.no_grad():
+            meta_model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+    return costs
 
 
 def _component_inputs(component: str, model: nn.Module, resolution: int, vae_factor: int, batch: int):
@@ -191,35 +222,46 @@ def profile_model(model, *, name: str = "", resolution: int = 512, components=("
 def profile_teacher_and_students(
     src: str, variants=(), *, unet=None, resolution: int = 512, components=("unet",)
 ) -> list[Profile]:
-    """Profile a teacher and the BK-SDM students built from it (no weights are loaded).
+    """Profile a teacher and the students built from it by removal plans (no weights are loaded).
 
     Args:
         src: model source (see ``bksdm_edge.loading.load_model``).
-        variants: variant names to build from the teacher's U-Net config.
-        unet: optional student U-Net folder, profiled as an extra row.
+        variants: plan specs (built-in names, plan files, student folders) to build from the teacher's config;
+            each row is named by the spec as given.
+        unet: optional student U-Net folder, profiled as it is (an extra row; its plan is recognised if it is a
+            removal of the teacher).
         resolution: image resolution in pixels.
         components: which components to profile per model; students only differ in ``unet``.
     """
+    import dataclasses
+
     from diffusers import UNet2DConditionModel
 
+    from .errors import BksdmError
     from .loading import load_model, load_unet
-    from .student import check_teacher
-    from .variants import get_variant
+    from .plans.resolve import describe_student
+    from .student import validate_plan
 
     needs = {"unet": "unet", "text_encoder": "text_encoder", "vae_decoder": "vae", "vae_encoder": "vae"}
-    model = load_model(src, components=tuple({needs[c] for c in components} | {"vae"}), weights=False)
+    model = load_model(src, components=tuple({needs[c] for c in components} | {"vae", "unet"}), weights=False)
     rows = profile_model(model, name="teacher", resolution=resolution, components=components)
     students = []
-    if variants:
-        check_teacher(model.unet)
-    for name in variants:
-        variant = get_variant(name)
+    for spec in variants:
+        plan = validate_plan(spec, model.unet.config)
         with torch.device("meta"):
-            students.append((variant.name, UNet2DConditionModel.from_config(variant.student_config(model.unet.config))))
+            student = UNet2DConditionModel.from_config(plan.student_config(model.unet.config))
+        label = plan.summary() if str(spec) == plan.name else f"{plan.name}: {plan.summary()}"
+        students.append((str(spec), student, label))
     if unet is not None:
-        students.append((str(unet), load_unet(unet, weights=False)))
-    for name, student in students:
-        rows.append(profile_component(student, "unet", name=name, resolution=resolution, vae_factor=model.vae_scale_factor))
+        try:
+            known = describe_student(unet, model.unet.config)
+            label = f"{known.plan.name} (from {known.how}): {known.plan.summary()}"
+        except BksdmError as err:
+            label = str(err)
+        students.append((str(unet), load_unet(unet, weights=False), label))
+    for name, student, label in students:
+        row = profile_component(student, "unet", name=name, resolution=resolution, vae_factor=model.vae_scale_factor)
+        rows.append(dataclasses.replace(row, plan=label))
     return rows
 
 

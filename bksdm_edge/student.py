@@ -1,9 +1,8 @@
-"""Build a BK-SDM student U-Net from an SD teacher and initialise it from the teacher's weights."""
+"""Build a student U-Net from an SD teacher by a removal plan and initialise it from the teacher's weights."""
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,14 +11,9 @@ import torch
 
 from . import __version__
 from .errors import BksdmError
-from .variants import Variant, get_variant
-
-SD_DOWN_BLOCKS = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
-SD_UP_BLOCKS = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
-SD_MID_BLOCK = "UNetMidBlock2DCrossAttn"
-
-_UP_PAIR = re.compile(r"^up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)$")
-_UP_SAMPLER = re.compile(r"^up_blocks\.(\d+)\.(upsamplers\..+)$")
+from .plans.plan import Plan, PlanError
+from .plans.resolve import STUDENT_META, resolve_plan
+from .plans.topology import SD_DOWN_BLOCKS, SD_MID_BLOCK, SD_UP_BLOCKS, TEACHER_LAYERS_PER_BLOCK
 
 
 class UnsupportedTeacherError(BksdmError, ValueError):
@@ -36,6 +30,7 @@ class StudentReport:
     copied: list[str] = field(default_factory=list)
     remapped: dict[str, str] = field(default_factory=dict)  # student key -> teacher key
     unused_teacher_keys: list[str] = field(default_factory=list)
+    plan: dict[str, Any] | None = None  # the plan file contents (docs/plans.md)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -49,6 +44,28 @@ class StudentReport:
         }
 
 
+def teacher_config_problems(c: Any) -> list[str]:
+    """Why a U-Net config is not an SD-v1/SD-v2 family U-Net (empty when it is)."""
+    get = (lambda k: c.get(k)) if isinstance(c, dict) else (lambda k: getattr(c, k, None))
+    problems = []
+    if list(get("down_block_types") or []) != list(SD_DOWN_BLOCKS):
+        problems.append(f"down_block_types {list(get('down_block_types') or [])} (SD has {list(SD_DOWN_BLOCKS)})")
+    if list(get("up_block_types") or []) != list(SD_UP_BLOCKS):
+        problems.append(f"up_block_types {list(get('up_block_types') or [])} (SD has {list(SD_UP_BLOCKS)})")
+    if get("mid_block_type") != SD_MID_BLOCK:
+        problems.append(f"mid_block_type {get('mid_block_type')!r} (SD has {SD_MID_BLOCK!r})")
+    if get("layers_per_block") != TEACHER_LAYERS_PER_BLOCK:
+        problems.append(f"layers_per_block {get('layers_per_block')} (SD has {TEACHER_LAYERS_PER_BLOCK})")
+    if get("cross_attention_dim") is None:
+        problems.append("no cross-attention (cross_attention_dim is None)")
+    if get("addition_embed_type") is not None or get("class_embed_type") is not None:
+        problems.append(f"extra conditioning (addition_embed_type={get('addition_embed_type')!r}, as in SDXL)")
+    tlpb = get("transformer_layers_per_block") or 1
+    if (tlpb if isinstance(tlpb, int) else max(tlpb)) != 1:
+        problems.append(f"transformer_layers_per_block {tlpb} (SD has 1, SDXL more)")
+    return problems
+
+
 def check_teacher(unet: Any) -> None:
     """Raise ``UnsupportedTeacherError`` unless ``unet`` has the SD-v1/v2 U-Net topology."""
     from diffusers import UNet2DConditionModel
@@ -57,23 +74,7 @@ def check_teacher(unet: Any) -> None:
         raise UnsupportedTeacherError(
             f"The teacher must be a diffusers UNet2DConditionModel, got {type(unet).__name__}."
         )
-    c = unet.config
-    problems = []
-    if list(c.down_block_types) != SD_DOWN_BLOCKS:
-        problems.append(f"down_block_types {list(c.down_block_types)} (SD has {SD_DOWN_BLOCKS})")
-    if list(c.up_block_types) != SD_UP_BLOCKS:
-        problems.append(f"up_block_types {list(c.up_block_types)} (SD has {SD_UP_BLOCKS})")
-    if c.mid_block_type != SD_MID_BLOCK:
-        problems.append(f"mid_block_type {c.mid_block_type!r} (SD has {SD_MID_BLOCK!r})")
-    if c.layers_per_block != 2:
-        problems.append(f"layers_per_block {c.layers_per_block} (SD has 2)")
-    if c.cross_attention_dim is None:
-        problems.append("no cross-attention (cross_attention_dim is None)")
-    if c.addition_embed_type is not None or c.class_embed_type is not None:
-        problems.append(f"extra conditioning (addition_embed_type={c.addition_embed_type!r}, as in SDXL)")
-    tlpb = c.transformer_layers_per_block
-    if (tlpb if isinstance(tlpb, int) else max(tlpb)) != 1:
-        problems.append(f"transformer_layers_per_block {tlpb} (SD has 1, SDXL more)")
+    problems = teacher_config_problems(unet.config)
     if problems:
         raise UnsupportedTeacherError(
             "This U-Net is not an SD-v1/SD-v2 family U-Net, so the BK-SDM block removal does not apply: "
@@ -83,80 +84,105 @@ def check_teacher(unet: Any) -> None:
         )
 
 
-def teacher_key(student_key: str, variant: Variant) -> str:
-    """The teacher tensor that initialises ``student_key`` under ``variant``'s weight map."""
-    m = _UP_PAIR.match(student_key)
-    if m:
-        stage, kind, pair, rest = int(m[1]), m[2], int(m[3]), m[4]
-        pair_map = dict(variant.up_pair_map)
-        return f"up_blocks.{stage + variant.up_stage_offset}.{kind}.{pair_map[pair]}.{rest}"
-    m = _UP_SAMPLER.match(student_key)
-    if m:
-        return f"up_blocks.{int(m[1]) + variant.up_stage_offset}.{m[2]}"
-    # Down stages keep their first pair(s) and every other tensor keeps its name.
-    return student_key
+def teacher_key(student_key: str, plan: str | Plan) -> str:
+    """The teacher tensor that initialises ``student_key`` under the plan's weight map."""
+    return resolve_plan(plan).teacher_name(student_key)
 
 
-def build_student(teacher_unet: Any, variant: str | Variant) -> tuple[Any, StudentReport]:
-    """Build a BK-SDM student from ``teacher_unet`` and copy the teacher's weights into it.
+def _map_tensors(student_shapes: dict[str, tuple], teacher_shapes: dict[str, tuple], plan: Plan):
+    """(student key -> teacher key, problems): every student tensor must map to a teacher tensor of its shape."""
+    mapping, errors = {}, []
+    for key, shape in student_shapes.items():
+        source = plan.teacher_name(key)
+        if source not in teacher_shapes:
+            errors.append(f"{key} <- {source}: missing in teacher")
+        elif tuple(teacher_shapes[source]) != tuple(shape):
+            errors.append(f"{key} <- {source}: shape {tuple(teacher_shapes[source])} != {tuple(shape)}")
+        else:
+            mapping[key] = source
+    return mapping, errors
+
+
+def _fit_error(plan: Plan, errors: list[str]) -> PlanError:
+    return PlanError(
+        f"plan {plan.name!r} does not fit this teacher ({len(errors)} student tensors have no teacher tensor of "
+        "their shape): " + "; ".join(errors[:5]) + (" ..." if len(errors) > 5 else "")
+        + ". An up stage's last pair takes the skip of the stage below, whose channels differ: keep the teacher's "
+        "last up pair where channels change.")
+
+
+def validate_plan(plan: str | Path | Plan, teacher_config: Any) -> Plan:
+    """Resolve ``plan`` and check it against the teacher config without building weights.
+
+    Raises ``UnsupportedTeacherError`` for a non-SD teacher and ``PlanError`` (every reason listed) for a plan
+    that cannot be built from it; commands call this before writing anything.
+    """
+    from diffusers import UNet2DConditionModel
+
+    problems = teacher_config_problems(teacher_config)
+    if problems:
+        raise UnsupportedTeacherError("This U-Net is not an SD-v1/SD-v2 family U-Net, so block removal does not "
+                                      "apply: " + "; ".join(problems))
+    plan = resolve_plan(plan, teacher_config).check()
+    config = {k: v for k, v in dict(teacher_config).items() if not k.startswith("_")}
+    with torch.device("meta"):
+        teacher = UNet2DConditionModel.from_config(config)
+        student = UNet2DConditionModel.from_config(plan.student_config(config))
+    _, errors = _map_tensors({k: v.shape for k, v in student.state_dict().items()},
+                             {k: v.shape for k, v in teacher.state_dict().items()}, plan)
+    if errors:
+        raise _fit_error(plan, errors)
+    return plan
+
+
+def build_student(teacher_unet: Any, plan: str | Path | Plan) -> tuple[Any, StudentReport]:
+    """Build a student from ``teacher_unet`` by a removal plan and copy the teacher's weights into it.
 
     Every student tensor is copied from its mapped teacher tensor after checking that
     the key exists and the shapes match; nothing is left at random init.
 
     Args:
         teacher_unet: a diffusers ``UNet2DConditionModel`` of the SD-v1 or SD-v2 family.
-        variant: ``bk-base``, ``bk-small``, ``bk-tiny`` or a ``Variant``.
+        plan: ``bk-base``, ``bk-small``, ``bk-tiny``, a plan file, a student U-Net folder (its plan) or a ``Plan``.
 
     Returns:
         (student U-Net in eval mode with the teacher's dtype, ``StudentReport``).
     """
     from diffusers import UNet2DConditionModel
 
-    variant = get_variant(variant)
     check_teacher(teacher_unet)
-    config = variant.student_config(teacher_unet.config)
+    plan = resolve_plan(plan, teacher_unet.config).check()
+    config = plan.student_config(teacher_unet.config)
     student = UNet2DConditionModel.from_config(config)
     teacher_state = teacher_unet.state_dict()
     student_state = student.state_dict()
-
+    mapping, errors = _map_tensors({k: v.shape for k, v in student_state.items()},
+                                   {k: v.shape for k, v in teacher_state.items()}, plan)
+    if errors:
+        raise _fit_error(plan, errors)
     report = StudentReport(
-        variant=variant.name,
+        variant=plan.name,
         teacher_params=sum(p.numel() for p in teacher_unet.parameters()),
         student_params=sum(p.numel() for p in student.parameters()),
+        plan=plan.to_dict(),
     )
-    new_state, errors, used = {}, [], set()
-    for key, tensor in student_state.items():
-        source = teacher_key(key, variant)
-        if source not in teacher_state:
-            errors.append(f"{key} <- {source}: missing in teacher")
-            continue
-        if teacher_state[source].shape != tensor.shape:
-            errors.append(f"{key} <- {source}: shape {tuple(teacher_state[source].shape)} != {tuple(tensor.shape)}")
-            continue
+    new_state = {}
+    for key, source in mapping.items():
         new_state[key] = teacher_state[source].detach().clone()
-        used.add(source)
         if source == key:
             report.copied.append(key)
         else:
             report.remapped[key] = source
-    if errors:
-        raise UnsupportedTeacherError(
-            f"Cannot initialise {variant.name} from this teacher ({len(errors)} tensors do not map): "
-            + "; ".join(errors[:5])
-        )
     student.load_state_dict(new_state, strict=True)
-    report.unused_teacher_keys = sorted(set(teacher_state) - used)
+    report.unused_teacher_keys = sorted(set(teacher_state) - set(mapping.values()))
     dtype = next(teacher_unet.parameters()).dtype
     if dtype != torch.float32:
         student.to(dtype)
     return student.eval(), report
 
 
-STUDENT_META = "bksdm_edge.json"
-
-
 def save_student(student: Any, out_dir: str | Path, *, teacher: str, report: StudentReport, extra=None) -> Path:
-    """Save a student as a diffusers U-Net folder plus ``bksdm_edge.json`` (teacher, variant, version)."""
+    """Save a student as a diffusers U-Net folder plus ``bksdm_edge.json`` (teacher, plan, version)."""
     out = Path(out_dir)
     student.save_pretrained(out)
     meta = {
@@ -165,6 +191,7 @@ def save_student(student: Any, out_dir: str | Path, *, teacher: str, report: Stu
         "bksdm_edge_version": __version__,
         "torch_version": torch.__version__,
         **report.summary(),
+        "plan": report.plan,
         "remapped_keys": report.remapped,
         **(extra or {}),
     }
@@ -172,4 +199,5 @@ def save_student(student: Any, out_dir: str | Path, *, teacher: str, report: Stu
     return out
 
 
-__all__ = ["build_student", "save_student", "check_teacher", "teacher_key", "StudentReport", "asdict"]
+__all__ = ["build_student", "save_student", "check_teacher", "teacher_key", "validate_plan", "StudentReport",
+           "STUDENT_META", "SD_DOWN_BLOCKS", "SD_UP_BLOCKS", "SD_MID_BLOCK", "asdict"]

@@ -15,6 +15,7 @@ No torch import at module level: the parent process and ONNX/LiteRT workers stay
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import time
@@ -24,7 +25,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from .scenario import TEACHER, Scenario, split_lcm
+from .scenario import LCM_SUFFIX, TEACHER, Scenario, split_lcm
 
 ARTIFACT_META = "artifact.json"
 INPUTS_FILE = "inputs.npz"
@@ -412,6 +413,10 @@ def artifact_dir(cache: Path, s: Scenario, backend: Backend) -> Path:
     """Where the artifact of ``s`` lives: shared by scenarios that differ only in threads/repeats/device."""
     source = s.source.replace(":", "_").replace("/", "_")
     model = s.model if s.model == TEACHER or "/" not in s.model else "folder_" + Path(s.model).name
+    base, lcm = split_lcm(s.model)
+    if Path(base).is_file():  # a plan file: keyed by its contents, so an edited plan is rebuilt
+        digest = hashlib.sha256(Path(base).read_bytes()).hexdigest()[:12]
+        model = f"plan_{Path(base).stem}_{digest}{LCM_SUFFIX if lcm else ''}"
     if s.is_bundle:
         model = "bundle_" + Path(s.model).resolve().name
     variant = f"+{s.variant}" if s.variant and s.options.get("export") else ""
@@ -446,14 +451,14 @@ def bundle_inputs(infos: list[dict], seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def load_scenario_model(s: Scenario, parts: tuple[str, ...]):
-    """The scenario's SD model: the source pipeline with its U-Net replaced by the student (variant or folder),
-    made a latent consistency model for ``+lcm`` models."""
+    """The scenario's SD model: the source pipeline with its U-Net replaced by the student (variant, plan file or
+    student folder), made a latent consistency model for ``+lcm`` models."""
     from ..loading import load_model
 
     name, lcm = split_lcm(s.model)
-    folder = None if name == TEACHER or not Path(name).exists() else name
+    folder = name if name != TEACHER and Path(name).is_dir() else None
     model = load_model(s.source, unet=folder, components=parts)
-    if name != TEACHER and folder is None and "unet" in parts:
+    if name != TEACHER and folder is None and "unet" in parts:  # a built-in plan name or a plan file
         from ..student import build_student
 
         model.unet, _ = build_student(model.unet, name)

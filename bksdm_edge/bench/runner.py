@@ -143,9 +143,10 @@ def paper_macs(scenarios: list[Scenario], log: Callable[[str], None] = print) ->
     for (source, res), pairs in groups.items():
         components = sorted({c for _, c in pairs})
         # ``+lcm`` models count as their base model: the guidance projection adds dim x 320 MACs (< 1e-5).
+        # Built-in plan names and plan files are built from the teacher's config; folders are profiled as they are.
         bases = {(split_lcm(m)[0], c) for m, c in pairs}
-        variants = sorted({m for m, c in bases if m != "teacher" and not Path(m).exists() and c == "unet"})
-        folders = sorted({m for m, c in bases if m != "teacher" and Path(m).exists() and c == "unet"})
+        variants = sorted({m for m, c in bases if m != "teacher" and not Path(m).is_dir() and c == "unet"})
+        folders = sorted({m for m, c in bases if m != "teacher" and Path(m).is_dir() and c == "unet"})
         try:
             rows = profile_teacher_and_students(source, variants, resolution=res, components=components)
             for folder in folders:

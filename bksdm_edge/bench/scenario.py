@@ -49,7 +49,8 @@ class Scenario:
     """One measurement: a model component on one backend, precision, shape, thread count and device.
 
     ``model`` is ``teacher`` (the ``source`` pipeline's own U-Net), a BK-SDM variant name built
-    from it (``bk-base``, ``bk-small``, ``bk-tiny``), a student U-Net folder, or an exported bundle
+    from it (``bk-base``, ``bk-small``, ``bk-tiny``), a removal-plan file built from it (docs/plans.md), a
+    student U-Net folder, or an exported bundle
     folder (``bksdm-edge export``; run as it is on its format's backend, at its own precision and shapes).
     ``+lcm`` after a model (``bk-tiny+lcm``) adds a latent-consistency guidance embedding and LCMScheduler:
     the architecture of a ``distill --objective lcm`` student (one U-Net row per step, no CFG), for timing.

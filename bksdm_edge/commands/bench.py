@@ -31,7 +31,8 @@ def register(subparsers) -> None:
         "bench", help="benchmark latency and memory of teacher vs BK-SDM students on every backend",
         description="Run a matrix of scenarios (model x component x backend x precision x shape x threads x "
         "device), each in its own process, and write results.json, results.csv, report.md and plots. "
-        "Models: teacher, bk-base/bk-small/bk-tiny, a student U-Net folder or an exported bundle folder. "
+        "Models: teacher, bk-base/bk-small/bk-tiny, a removal-plan file (docs/plans.md), a student U-Net folder "
+        "or an exported bundle folder. "
         "Components: text_encoder, unet (one step), vae_decoder, vae_encoder, generate (a whole text-to-image "
         "run of `steps` steps). Config format: benchmarks/README.md.")
     add_arguments(p)

@@ -1,4 +1,4 @@
-"""``bksdm-edge build``: build a BK-SDM student from a teacher and save it as a diffusers U-Net folder."""
+"""``bksdm-edge build``: build a student by a removal plan from a teacher and save it as a diffusers U-Net folder."""
 
 from __future__ import annotations
 
@@ -7,18 +7,20 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from ..variants import VARIANTS
+    from ..plans.cli_args import add_plan_args
 
     p = subparsers.add_parser(
         "build",
-        help="build a BK-SDM student U-Net initialised from the teacher",
-        description="Remove residual/attention blocks from the teacher's U-Net (BK-SDM Base/Small/Tiny), copy "
-        "every remaining tensor from the teacher (shapes checked) and save the student with save_pretrained. "
-        "The folder loads with UNet2DConditionModel.from_pretrained and replaces the teacher's U-Net in "
-        "StableDiffusionPipeline; bksdm_edge.json beside it records teacher, variant and the weight map.",
+        help="build a student U-Net (BK-SDM variant or your own plan) initialised from the teacher",
+        description="Remove residual/attention blocks from the teacher's U-Net by a plan (BK-SDM Base/Small/Tiny, "
+        "a plan file, or the topology of an existing student folder such as nota-ai/bk-sdm-small), copy every "
+        "remaining tensor from the teacher (shapes checked) and save the student with save_pretrained. The "
+        "folder loads with UNet2DConditionModel.from_pretrained and replaces the teacher's U-Net in "
+        "StableDiffusionPipeline; bksdm_edge.json beside it records teacher, plan and the weight map. A plan "
+        "that cannot be built is refused with the reason before anything is written (docs/plans.md).",
     )
     p.add_argument("--teacher", default="builtin:mini-sd", help="model source (default: builtin:mini-sd)")
-    p.add_argument("--variant", required=True, choices=sorted(VARIANTS), help="BK-SDM variant")
+    add_plan_args(p)
     p.add_argument("--out", required=True, type=Path, help="output folder for the student U-Net")
     p.add_argument("--force", action="store_true", help="overwrite an existing output folder")
     p.set_defaults(func=run)
@@ -27,14 +29,21 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..errors import BksdmError
     from ..loading import load_model
-    from ..student import build_student, save_student
+    from ..plans.cli_args import plan_spec
+    from ..plans.resolve import describe_student
+    from ..student import build_student, save_student, validate_plan
 
+    spec = plan_spec(args)
     if args.out.exists() and any(args.out.iterdir()) and not args.force:
         raise BksdmError(f"{args.out} exists and is not empty; pass --force to overwrite or choose another --out")
     print(f"loading teacher U-Net from {args.teacher} ...", flush=True)
     teacher = load_model(args.teacher, components=("unet",))
-    student, report = build_student(teacher.unet, args.variant)
+    plan = validate_plan(spec, teacher.unet.config)
+    if Path(spec).is_dir():
+        print(f"plan recognised: {describe_student(spec, teacher.unet.config).describe()}")
+    print(f"plan {plan.name}: {plan.summary()}")
+    student, report = build_student(teacher.unet, plan)
     save_student(student, args.out, teacher=args.teacher, report=report)
     print(json.dumps(report.summary(), indent=2))
-    print(f"saved {args.variant} student to {args.out}")
+    print(f"saved {plan.name} student to {args.out}")
     return 0

@@ -45,7 +45,7 @@ def data_config(args):
 
 def register(subparsers) -> None:
     from ..distill.config import DEFAULT_VALIDATION_STEPS, LcmConfig
-    from ..variants import VARIANTS
+    from ..plans.cli_args import add_plan_args
 
     lcm = LcmConfig()
     p = subparsers.add_parser(
@@ -61,11 +61,11 @@ def register(subparsers) -> None:
     p.add_argument("--teacher", required=True, help="teacher model source (builtin:..., diffusers folder, hub id)")
     p.add_argument("--objective", choices=["kd", "lcm"], default="kd",
                    help="kd: BK-SDM distillation; lcm: latent consistency distillation (few-step student)")
-    p.add_argument("--variant", choices=sorted(VARIANTS),
-                   help="BK-SDM variant (required by kd; with lcm and no --student, the student is this variant "
-                   "built from the teacher, or the teacher's own U-Net when omitted)")
+    add_plan_args(p, required=False, note="kd: --variant, --plan or --student is required; with lcm and no "
+                  "--student, the student is this plan built from the teacher, or the teacher's own U-Net when omitted")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--student", help="start from this student U-Net folder instead of the teacher-initialised one")
+    p.add_argument("--student", help="start from this student U-Net folder instead of the teacher-initialised one "
+                   "(kd without --variant/--plan: the plan is the one the folder corresponds to)")
     add_data_arguments(p)
     t = p.add_argument_group("training")
     t.add_argument("--max-steps", type=int, default=50_000, help="optimizer steps")
@@ -119,6 +119,7 @@ def register(subparsers) -> None:
 
 
 def config_from_args(args):
+    from ..plans.cli_args import plan_spec
     from ..distill.config import (
         CheckpointConfig,
         DistillConfig,
@@ -129,7 +130,7 @@ def config_from_args(args):
     )
 
     return DistillConfig(
-        teacher=args.teacher, variant=args.variant, out=args.out, student=args.student, objective=args.objective,
+        teacher=args.teacher, variant=plan_spec(args), out=args.out, student=args.student, objective=args.objective,
         max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
         mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         ema=args.ema, ema_decay=args.ema_decay, seed=args.seed, report_to=args.report_to,

@@ -1,4 +1,4 @@
-"""``bksdm-edge profile``: parameters, MACs and weight sizes of a teacher and its BK-SDM students."""
+"""``bksdm-edge profile``: parameters, MACs and weight sizes of a teacher and its students."""
 
 from __future__ import annotations
 
@@ -7,20 +7,21 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from ..variants import VARIANTS
+    from ..plans.cli_args import add_plan_args
 
     p = subparsers.add_parser(
         "profile",
-        help="count parameters, MACs and weight sizes, teacher vs BK-SDM students",
-        description="Profile a teacher U-Net and BK-SDM students built from it: parameter count, MACs per "
-        "denoising step (paper convention: conv/linear/norm modules; full: plus the attention matmuls) and "
-        "weight size at fp32/fp16/int8. No weights are loaded: models are built from their configs on "
-        "PyTorch's meta device, so full-size SD profiles in seconds.",
+        help="count parameters, MACs and weight sizes, teacher vs BK-SDM students or your own plans",
+        description="Profile a teacher U-Net and students built from it by removal plans (BK-SDM variants, plan "
+        "files, student folders): parameter count, MACs per denoising step (paper convention: conv/linear/norm "
+        "modules; full: plus the attention matmuls) and weight size at fp32/fp16/int8. No weights are loaded: "
+        "models are built from their configs on PyTorch's meta device, so full-size SD profiles in seconds. "
+        "A --unet folder is profiled as it is and the plan it corresponds to is reported.",
     )
     p.add_argument("--teacher", default="builtin:sd-v1.4", help="model source (default: builtin:sd-v1.4)")
-    p.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS), help="a student variant (repeatable)")
-    p.add_argument("--variants", choices=["all"], help="all BK-SDM variants")
-    p.add_argument("--unet", help="also profile this student U-Net folder")
+    add_plan_args(p, repeatable=True)
+    p.add_argument("--variants", choices=["all"], help="all built-in BK-SDM variants")
+    p.add_argument("--unet", help="also profile this student U-Net folder (and name its plan)")
     p.add_argument("--resolution", type=int, default=512, help="image resolution in pixels (default 512)")
     p.add_argument(
         "--components",
@@ -32,16 +33,22 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..plans.builtin import BUILTIN_PLANS
+    from ..plans.cli_args import plan_specs
     from ..profiler import format_profiles, profile_teacher_and_students
-    from ..variants import VARIANTS
 
-    variants = list(VARIANTS) if args.variants == "all" else args.variant
+    specs = (list(BUILTIN_PLANS) if args.variants == "all" else []) + plan_specs(args)
     components = [c.strip() for c in args.components.split(",") if c.strip()]
     rows = profile_teacher_and_students(
-        args.teacher, variants, unet=args.unet, resolution=args.resolution, components=components
+        args.teacher, list(dict.fromkeys(specs)), unet=args.unet, resolution=args.resolution, components=components
     )
     print(f"{args.teacher} at {args.resolution}x{args.resolution} px, batch 1, one denoising step\n")
     print(format_profiles(rows))
+    plans = [r for r in rows if r.plan]
+    if plans:
+        print("\nplans (pairs kept per stage, teacher: down 2/2/2/2 | mid full | up 3/3/3/3):")
+        for r in plans:
+            print(f"  {r.name}: {r.plan}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {"teacher": args.teacher, "resolution": args.resolution, "models": [r.to_json() for r in rows]}

@@ -138,7 +138,9 @@ class DistillConfig:
 
     Attributes:
         teacher: model source for ``loading.load_model`` (``builtin:...``, a diffusers folder or a hub id).
-        variant: BK-SDM variant (``bk-base``, ``bk-small``, ``bk-tiny``); required by ``kd``. With ``lcm`` it
+        variant: the removal plan: a BK-SDM variant (``bk-base``, ``bk-small``, ``bk-tiny``), a plan file
+            (docs/plans.md) or a student U-Net folder (its recognised plan). ``kd`` needs it or ``student``
+            (whose plan it then uses). With ``lcm`` it
             builds the student from the teacher when ``student`` is None (None there: the teacher's U-Net).
         out: run folder (checkpoints, logs, final ``unet``/``unet_ema``, ``run_config.json``).
         student: optional U-Net folder to start from instead of the teacher-initialised student.

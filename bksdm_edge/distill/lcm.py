@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..student import StudentReport, build_student
-from ..variants import VARIANTS, get_variant
-from .kd import load_start_unet
+from .kd import load_start_unet, run_plan
 from .loss import check_prediction_type
 from .objective import DistillError, Objective, TrainContext, check_student_fits, register
 
@@ -138,8 +137,12 @@ class LcmObjective(Objective):
             problems.append(f"--target-ema {c.target_ema}: need 0 <= rate < 1 (0: the target is the student)")
         if c.time_cond_proj_dim < 2:
             problems.append(f"--time-cond-proj-dim {c.time_cond_proj_dim}: need >= 2 (LCM-SD uses 256)")
-        if self.config.variant is not None and self.config.variant not in VARIANTS:
-            problems.append(f"--variant {self.config.variant!r}: choose from {', '.join(sorted(VARIANTS))}")
+        self.plan = None
+        if self.config.variant is not None:  # the plan of the student built from the teacher (or --student's)
+            try:
+                self.plan = run_plan(self.config)
+            except DistillError as err:
+                problems.append(str(err))
         if problems:
             raise DistillError("bad --objective lcm options: " + "; ".join(problems))
 
@@ -155,9 +158,9 @@ class LcmObjective(Objective):
                                                 "cross_attention_dim": ctx.model.text_encoder.config.hidden_size},
                                f"--teacher-unet {c.lcm.teacher_unet}")
         if c.student is not None:
-            student, report = load_start_unet(c.student, c.variant, teacher)
-        elif c.variant is not None:
-            student, report = build_student(teacher, get_variant(c.variant))
+            student, report = load_start_unet(c.student, self.plan, teacher)
+        elif self.plan is not None:
+            student, report = build_student(teacher, self.plan)
         else:  # plain LCM: the student starts as the solver teacher itself
             n = sum(p.numel() for p in teacher.parameters())
             student, report = copy.deepcopy(teacher), StudentReport(variant="teacher", teacher_params=n, student_params=n)
