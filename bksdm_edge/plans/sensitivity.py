@@ -1,0 +1,380 @@
+"""Sensitivity: what removing each unit alone costs and saves.
+
+Every option of ``space.options`` (one pair fewer in a level, a stage's attentions, the mid block, the innermost
+stage) is applied alone to the teacher and measured: parameters and paper-convention MACs (exact, from the
+cost model), optionally the latency of one U-Net step on a backend (through the benchmark runner, one process
+per plan, teacher in the same run), and the output error of the teacher-initialised student against the
+teacher on U-Net inputs recorded from real denoising trajectories (normalised MSE, PSNR and cosine of the
+noise prediction, the metrics the export validation uses). Results: ``sensitivity.json``, ``sensitivity.md``,
+``sensitivity.png`` and one plan file per option under ``units/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import BksdmError
+from .cost import Cost, CostModel
+from .plan import Plan
+from .space import Option, options
+
+SENSITIVITY_JSON = "sensitivity.json"
+
+
+@dataclass(frozen=True)
+class ErrorProtocol:
+    """How the output error is measured: U-Net inputs recorded from the teacher's own pipeline runs.
+
+    Attributes:
+        prompts: one pipeline run per prompt (seeded ``seed + i``), classifier-free guidance ``guidance_scale``.
+        steps: denoising steps per run (PNDM calls the U-Net steps + 1 times, each with the uncond/cond pair).
+        max_inputs: recorded U-Net inputs kept, evenly spaced over all runs and steps.
+        batch: inputs per forward pass.
+    """
+
+    prompts: tuple[str, ...]
+    steps: int = 10
+    guidance_scale: float = 7.5
+    seed: int = 0
+    max_inputs: int = 32
+    batch: int = 8
+
+
+@dataclass(frozen=True)
+class LatencyProtocol:
+    """Latency of one U-Net step (batch 1) on a benchmark backend; every plan in its own process."""
+
+    backend: str = "pytorch"
+    precision: str = "fp32"
+    threads: int = 2
+    repeats: int = 5
+    warmup: int = 1
+
+
+@dataclass(frozen=True)
+class SensitivityConfig:
+    """One sensitivity run.
+
+    Attributes:
+        teacher: model source (``builtin:...``, a diffusers folder, a hub id).
+        resolution: image size in pixels (default: the model's native size).
+        maps: ``all`` measures every weight map of a removed level, ``paper`` only the paper's.
+        error: the output-error protocol, or None to skip it (costs only: full-size random weights).
+        latency: the latency protocol, or None to skip it.
+    """
+
+    teacher: str
+    resolution: int | None = None
+    maps: str = "all"
+    error: ErrorProtocol | None = None
+    latency: LatencyProtocol | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SensitivityConfig:
+        error = d.get("error")
+        latency = d.get("latency")
+        return cls(teacher=d["teacher"], resolution=d.get("resolution"), maps=d.get("maps", "all"),
+                   error=ErrorProtocol(**{**error, "prompts": tuple(error["prompts"])}) if error else None,
+                   latency=LatencyProtocol(**latency) if latency else None)
+
+
+class ErrorProbe:
+    """The teacher's noise predictions on recorded inputs, and the error of any plan's student on them.
+
+    Args:
+        model: the teacher ``SDModel`` with weights (U-Net, VAE, text encoder, tokenizer, scheduler).
+        protocol: how inputs are recorded.
+        resolution: image size in pixels.
+    """
+
+    def __init__(self, model, protocol: ErrorProtocol, resolution: int):
+        import torch
+
+        from ..export.inputs import record_pipeline_inputs
+        from ..export.pipeline import default_shape
+
+        self.model, self.protocol = model, protocol
+        shape = default_shape(model, resolution, resolution)
+        calls = record_pipeline_inputs(model, shape, list(protocol.prompts), steps=protocol.steps,
+                                       guidance_scale=protocol.guidance_scale, seed=protocol.seed,
+                                       components=("unet",))["unet"]
+        rows = [row for call in calls for row in call]
+        keep = np.unique(np.linspace(0, len(rows) - 1, min(protocol.max_inputs, len(rows))).round().astype(int))
+        rows = [rows[i] for i in keep]
+        self.inputs = [
+            tuple(torch.from_numpy(np.stack([r[k] for r in rows[i:i + protocol.batch]]))
+                  for k in ("sample", "timestep", "encoder_hidden_states"))
+            for i in range(0, len(rows), protocol.batch)
+        ]
+        self.count = len(rows)
+        self.reference = self._run(model.unet)
+
+    def _run(self, unet) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return np.concatenate([unet(x, t, e, return_dict=False)[0].float().numpy() for x, t, e in self.inputs])
+
+    def measure(self, plan: Plan) -> dict[str, float]:
+        """NMSE, PSNR and cosine of the teacher-initialised student of ``plan`` against the teacher."""
+        from ..metrics import cosine, psnr
+        from ..student import build_student
+
+        student, _ = build_student(self.model.unet, plan)
+        out = self._run(student)
+        ref = self.reference.astype(np.float64)
+        nmse = float(np.sum((out - ref) ** 2) / np.sum(ref**2))
+        return {"nmse": nmse, "psnr_db": psnr(self.reference, out), "cosine": cosine(self.reference, out)}
+
+
+def measure_latency(source: str, plans: dict[str, Plan], protocol: LatencyProtocol, resolution: int,
+                    out_dir: Path, *, cache: Path | None = None, log: Callable[[str], None] = print
+                    ) -> tuple[dict[str, float | None], dict[str, Any]]:
+    """Median U-Net step latency of the teacher and every plan, in one benchmark run under ``out_dir``.
+
+    Returns ({name: seconds or None when the scenario failed, "teacher" included}, the benchmark document).
+    """
+    from ..bench.runner import run_benchmark
+    from ..bench.scenario import expand
+
+    files = {name: str(plan.save(out_dir / "plans" / f"{name}.yaml").resolve()) for name, plan in plans.items()}
+    raw = {"name": out_dir.name, "source": source,
+           "defaults": {"resolution": resolution, "batch": 1, "threads": protocol.threads,
+                        "repeats": protocol.repeats, "warmup": protocol.warmup},
+           "matrix": [{"model": ["teacher", *files.values()], "component": "unet", "backend": protocol.backend,
+                       "precision": protocol.precision}]}
+    doc = run_benchmark(expand(raw), out_dir, cache=cache, log=log)
+    by_model = {r["model"]: r.get("median_s") for r in doc["rows"]}
+    latency = {name: by_model.get(path) for name, path in files.items()}
+    latency["teacher"] = by_model.get("teacher")
+    return latency, doc
+
+
+def load_teacher(source: str, *, weights: bool):
+    from ..loading import load_model
+
+    return load_model(source, weights=weights)
+
+
+def _native_resolution(model) -> int:
+    return int(model.unet.config.sample_size) * model.vae_scale_factor
+
+
+def feasible_options(cost_model: CostModel, teacher_config, maps: str) -> tuple[list[Option], list[dict]]:
+    """The options whose student fits the teacher, and the rest with the reason."""
+    from ..student import validate_plan
+
+    ok, skipped = [], []
+    for option in options(maps):
+        try:
+            validate_plan(option.genome.plan(option.name), teacher_config)
+            ok.append(option)
+        except BksdmError as err:
+            skipped.append({"group": option.group, "key": option.key, "reason": str(err)})
+    return ok, skipped
+
+
+def cost_row(cost: Cost, teacher: Cost) -> dict[str, Any]:
+    return {"params": cost.params, "macs_paper": cost.macs_paper, "macs_full": cost.macs_full,
+            **{f"{k}_ratio": v for k, v in cost.ratios(teacher).items()}}
+
+
+def run_sensitivity(config: SensitivityConfig, out_dir: str | Path, *, log: Callable[[str], None] = print,
+                    progress: bool = True, bench_cache: Path | None = None) -> dict[str, Any]:
+    """Measure every option alone (see the module docstring) and write the results under ``out_dir``.
+
+    Returns the results document (also ``sensitivity.json``).
+    """
+    from tqdm.auto import tqdm
+
+    from ..bench.machine import machine_info
+
+    out = Path(out_dir)
+    started = time.time()
+    # 1. The teacher: configs only unless the error is measured.
+    model = load_teacher(config.teacher, weights=config.error is not None)
+    resolution = config.resolution or _native_resolution(model)
+    cost_model = CostModel(model.unet.config, resolution, model.vae_scale_factor)
+    feasible, skipped = feasible_options(cost_model, model.unet.config, config.maps)
+    out.mkdir(parents=True, exist_ok=True)
+    machine_start = machine_info()
+    rows = []
+    for option in feasible:
+        plan = option.genome.plan(option.name, option.label)
+        plan.save(out / "units" / f"{option.name}.yaml")
+        rows.append({"group": option.group, "key": option.key, "label": option.label, "plan_file":
+                     f"units/{option.name}.yaml", **cost_row(cost_model.cost(plan), cost_model.teacher)})
+    # 2. Output error of each option's teacher-initialised student.
+    if config.error is not None:
+        log(f"recording U-Net inputs: {len(config.error.prompts)} prompt(s) x {config.error.steps} steps ...")
+        probe = ErrorProbe(model, config.error, resolution)
+        for row, option in tqdm(list(zip(rows, feasible)), desc="output error", disable=not progress):
+            row.update(probe.measure(option.genome.plan(option.name)))
+    # 3. Latency, one benchmark run with the teacher.
+    latency_doc = None
+    if config.latency is not None:
+        plans = {o.name: o.genome.plan(o.name, o.label) for o in feasible}
+        latency, latency_doc = measure_latency(config.teacher, plans, config.latency, resolution, out / "latency",
+                                               cache=bench_cache, log=log)
+        teacher_s = latency["teacher"]
+        for row, option in zip(rows, feasible):
+            row["latency_s"] = latency[option.name]
+            if teacher_s and row["latency_s"]:
+                row["latency_ratio"] = row["latency_s"] / teacher_s
+    doc = {
+        "kind": "plan-sensitivity",
+        "config": config.to_json(),
+        "resolution": resolution,
+        "teacher": {"source": config.teacher, **cost_row(cost_model.teacher, cost_model.teacher),
+                    "latency_s": latency_doc and next((r.get("median_s") for r in latency_doc["rows"]
+                                                       if r["model"] == "teacher"), None)},
+        "error_inputs": probe.count if config.error is not None else 0,
+        "options": rows,
+        "skipped": skipped,
+        "machine": {"start": machine_start, "end": machine_info()},
+        "wall_s": round(time.time() - started, 1),
+        "versions": _versions(),
+    }
+    write_sensitivity(doc, out)
+    return doc
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import torch
+
+    from .. import __version__
+
+    return {"bksdm_edge": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}
+
+
+def load_sensitivity(path: str | Path) -> dict[str, Any]:
+    """Read ``sensitivity.json`` (a file, or the folder holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / SENSITIVITY_JSON
+    if not path.is_file():
+        raise BksdmError(f"{path} does not exist; run `bksdm-edge plan sensitivity` first")
+    doc = json.loads(path.read_text())
+    if doc.get("kind") != "plan-sensitivity":
+        raise BksdmError(f"{path} is not a plan-sensitivity result")
+    return doc
+
+
+# ---------------------------------------------------------------- report
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * (1 - x):.1f}%"
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def sensitivity_markdown(doc: dict[str, Any]) -> str:
+    cfg, t = doc["config"], doc["teacher"]
+    err, lat = cfg.get("error"), cfg.get("latency")
+    lines = [
+        f"# Plan sensitivity: {cfg['teacher']}",
+        "",
+        f"Each option applied alone to the teacher at {doc['resolution']} px (one U-Net step, batch 1). Teacher: "
+        f"{t['params']:,} params, {t['macs_paper'] / 1e9:.3f} GMACs (paper convention)"
+        + (f", {t['latency_s']:.4g} s per step" if t.get("latency_s") else "") + ". Saved = 1 - student/teacher.",
+        "",
+    ]
+    if err:
+        lines += [f"Output error of the teacher-initialised student on {doc['error_inputs']} U-Net inputs recorded "
+                  f"from {len(err['prompts'])} pipeline run(s) ({err['steps']} steps, guidance "
+                  f"{err['guidance_scale']}): NMSE = |student - teacher|² / |teacher|² of the noise prediction "
+                  "(lower is better), PSNR and cosine as in the export validation.", ""]
+    if lat:
+        lines += [f"Latency: median of {lat['repeats']} after {lat['warmup']} warm-up, {lat['backend']} "
+                  f"{lat['precision']}, {lat['threads']} threads, each plan in its own process "
+                  f"(benchmark report in `latency/`).", ""]
+    header = "| group | option | params saved | MACs saved | " + ("latency saved | " if lat else "") + (
+        "NMSE | PSNR dB | cosine |" if err else "")
+    lines += [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in sorted(doc["options"], key=lambda r: (r["group"], r.get("nmse", 0))):
+        row = f"| {r['group']} | {r['key']} | {_pct(r['params_ratio'])} | {_pct(r['macs_ratio'])} | "
+        if lat:
+            row += f"{_pct(r.get('latency_ratio'))} | "
+        if err:
+            row += f"{_num(r.get('nmse'), '.4f')} | {_num(r.get('psnr_db'), '.1f')} | {_num(r.get('cosine'), '.4f')} |"
+        lines.append(row)
+    if doc["skipped"]:
+        lines += ["", "Not measured, their weight maps do not fit this teacher's shapes (reasons in sensitivity.json): "
+                  + ", ".join(f"{s['group']}={s['key']}" for s in doc["skipped"]) + "."]
+    lines += ["", machine_line(doc["machine"]) + f" Wall time {doc['wall_s']} s.", ""]
+    return "\n".join(lines)
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    """One line naming the CPU, its ISA flags and the load at start and end (start/end machine_info)."""
+    m, end = machine["start"], machine["end"]
+    return (f"Machine: {m.get('cpu')}, {m.get('usable_cpus')} usable CPUs, flags {', '.join(m.get('cpu_flags') or [])}; "
+            f"load average {m.get('load_average')} at start, {end.get('load_average')} at end.")
+
+
+def _group_kind(group: str) -> str:
+    return group.split(".")[0]
+
+
+def plot_sensitivity(doc: dict[str, Any], path: Path) -> Path | None:
+    """MACs saved (and latency saved) vs output error, one point per option."""
+    rows = [r for r in doc["options"] if "nmse" in r]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("macs_ratio", "MACs saved (paper convention)")]
+    if any(r.get("latency_ratio") for r in rows):
+        panels.append(("latency_ratio", f"latency saved ({doc['config']['latency']['backend']})"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5), squeeze=False)
+    colors = {"depth": "tab:blue", "attn": "tab:orange", "stages+mid": "tab:green"}
+    for ax, (key, label) in zip(axes[0], panels):
+        for kind, color in colors.items():
+            pts = [r for r in rows if _group_kind(r["group"]) == kind and r.get(key)]
+            ax.scatter([1 - r[key] for r in pts], [r["nmse"] for r in pts], c=color, label=kind, s=28)
+            for r in pts:
+                ax.annotate(f"{r['group']}={r['key']}".replace("+mid-", " mid-"), (1 - r[key], r["nmse"]),
+                            fontsize=6, xytext=(3, 2), textcoords="offset points")
+        ax.set_xlabel(label)
+        ax.set_ylabel("output NMSE vs teacher (teacher-initialised student)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Removing one unit of {doc['config']['teacher']} at {doc['resolution']} px", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_sensitivity(doc: dict[str, Any], out: Path) -> None:
+    (out / SENSITIVITY_JSON).write_text(json.dumps(doc, indent=2))
+    (out / "sensitivity.md").write_text(sensitivity_markdown(doc))
+    plot_sensitivity(doc, out / "sensitivity.png")
+
+
+def default_prompts() -> tuple[str, ...]:
+    from ..export.inputs import read_prompts
+
+    return tuple(read_prompts()[:4])
+
+
+__all__ = ["ErrorProtocol", "LatencyProtocol", "SensitivityConfig", "ErrorProbe", "run_sensitivity",
+           "load_sensitivity", "measure_latency", "sensitivity_markdown"]
