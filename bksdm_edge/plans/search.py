@@ -448,7 +448,8 @@ def search_markdown(doc: dict[str, Any]) -> str:
     def row(name, r):
         m = r.get("measured") or {}
         changes = ", ".join(f"{g}={k}" for g, k in r["groups"].items()) or "none"
-        return (f"| {name} | {r['summary']} | {changes} | {r['params_ratio']:.3f} | {r['macs_ratio']:.3f} | "
+        summary = r["summary"].replace("|", "\\|")
+        return (f"| {name} | {summary} | {changes} | {r['params_ratio']:.3f} | {r['macs_ratio']:.3f} | "
                 f"{r['nmse_estimate']:.4f} | " + (f"{m.get('nmse', float('nan')):.4f} | {m.get('psnr_db', float('nan')):.1f} | "
                                                 if measured else "") + ("yes" if r["within_budget"] else "no") + " |")
 
