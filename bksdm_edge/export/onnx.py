@@ -180,19 +180,6 @@ def _quantize_dynamic(src: Path, dst: Path, options: dict[str, Any]) -> None:
     )
 
 
-class _Reader:
-    """onnxruntime CalibrationDataReader over a list of input dicts."""
-
-    def __init__(self, samples: list[dict[str, np.ndarray]], dtypes: dict[str, np.dtype]):
-        self._it = iter([{k: np.asarray(v).astype(dtypes[k]) for k, v in s.items()} for s in samples])
-
-    def get_next(self):
-        return next(self._it, None)
-
-    def rewind(self):  # unused by the MinMax calibrator
-        raise NotImplementedError
-
-
 def _nodes_to_quantize(model, op_types: list[str], matmuls: str) -> list[str] | None:
     """Node names to quantize, or None for every node of ``op_types``.
 
@@ -210,34 +197,86 @@ def _nodes_to_quantize(model, op_types: list[str], matmuls: str) -> list[str] | 
             if n.op_type in op_types and (n.op_type != "MatMul" or n.input[1] in weights)]
 
 
-def _calibrate(src: Path, op_types: list[str], calibration, dtypes, cache: Path, work: Path) -> None:
-    """MinMax ranges of the inputs/outputs of ``op_types`` nodes, written to ``cache``.
+def _calibrate(src: Path, op_types: list[str], nodes: list[str] | None, calibration, dtypes, cache: Path,
+               work: Path, optimize: bool = False) -> None:
+    """MinMax ranges (union over every sample) of the inputs/outputs of the nodes to quantize, to ``cache``.
 
-    ORT's own calibration session keeps its memory arena grown to the largest sum of live
-    tensors of the unoptimised graph (the U-Net's unfused 8x4096x4096 attention scores):
-    12.4 GB resident for the full-size BK-SDM-Tiny U-Net. Without the arena the same
-    calibration peaks at 8.5 GB, and running it before ``quantize_static`` loads the model
-    keeps the two peaks apart (quantizing from the cached ranges: 2.6 GB).
+    Our own MinMax pass instead of onnxruntime's ``MinMaxCalibrater``, for memory and time:
+
+    - ORT's calibrator keeps the whole model (weights included) in a Python protobuf while its
+      session holds a second copy, and its session keeps a memory arena grown to the largest sum of
+      live tensors of the unoptimised graph (the U-Net's unfused 8x4096x4096 attention scores): 12.4 GB
+      resident for the full-size BK-SDM-Tiny U-Net. Here the weights move to an external-data file
+      once, the graph is augmented without them, and the session (no arena) is the only copy.
+    - Only the tensors of ``nodes`` (default: every ``op_types`` node) are reduced; ORT's calibrator
+      also reduces the attention QK^T/AV MatMuls' 8x4096x4096 tensors that the recipe leaves float.
+
+    Ranges and cache format are the calibrator's (``quantize_static`` reads them back; tested equal).
+    ``optimize`` runs the calibration session with ORT's graph optimisations (the reduced tensors are
+    graph outputs, so no fusion can remove them).
     """
+    import onnx
     import onnxruntime as ort
-    from onnxruntime.quantization.calibrate import MinMaxCalibrater, save_tensors_data
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
 
-    class LowMemoryMinMax(MinMaxCalibrater):
-        def create_inference_session(self):
-            so = ort.SessionOptions()
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # as ORT's own calibrator
-            so.enable_cpu_mem_arena = False
-            so.log_severity_level = 3
-            self.infer_session = ort.InferenceSession(self.augmented_model_path, so,
-                                                      providers=self.execution_providers)
+    from .stages import stage
 
-    calibrator = LowMemoryMinMax(str(src), op_types, str(work / "augmented.onnx"),
-                                 use_external_data_format=_is_large(src))
-    calibrator.augment_graph()
-    calibrator.create_inference_session()
-    calibrator.collect_data(_Reader(calibration, dtypes))
-    save_tensors_data(calibrator.compute_data(), cache)
-    del calibrator
+    # 1. The graph without its weights (moved to an external-data file in ``work`` if they are inline).
+    graph_path = src
+    if not _uses_external_data(src):
+        model = onnx.load(str(src))
+        graph_path = work / "calibration.onnx"
+        onnx.save_model(model, str(graph_path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="calibration.onnx_data", size_threshold=1024)
+        del model
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(graph_path), load_external_data=False))
+
+    # 2. One ReduceMin and one ReduceMax output per float tensor entering or leaving a node to quantize.
+    wanted = set(nodes) if nodes is not None else None
+    initializers = {i.name for i in model.graph.initializer}
+    types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input,
+                                                           *model.graph.output)}
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    tensors = sorted({t for n in model.graph.node if n.op_type in op_types and (wanted is None or n.name in wanted)
+                      for t in (*n.input, *n.output) if t and t not in initializers and types.get(t) in floats})
+    reduced = []
+    for i, t in enumerate(tensors):
+        for op in ("ReduceMin", "ReduceMax"):
+            out = f"calib_{op}_{i}"
+            model.graph.node.append(onnx.helper.make_node(op, [t], [out], keepdims=0, name=out))
+            model.graph.output.append(onnx.helper.make_tensor_value_info(out, types[t], []))
+            reduced.append(out)
+    augmented = graph_path.parent / "augmented.onnx"
+    onnx.save_model(model, str(augmented))  # external data stays where it is (same folder)
+    del model
+
+    # 3. Run every sample; keep the union of the per-sample ranges.
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.enable_cpu_mem_arena = False
+    so.log_severity_level = 3
+    session = ort.InferenceSession(str(augmented), so, providers=["CPUExecutionProvider"])
+    low = np.full(len(tensors), np.inf)
+    high = np.full(len(tensors), -np.inf)
+    with stage("calibrate", total=len(calibration), detail=f"{len(calibration)} samples, {len(tensors)} tensors") as bar:
+        for sample in calibration:
+            feeds = {k: np.asarray(v).astype(dtypes[k]) for k, v in sample.items()}
+            values = session.run(reduced, feeds)
+            low = np.minimum(low, np.asarray(values[0::2], dtype=np.float64))
+            high = np.maximum(high, np.asarray(values[1::2], dtype=np.float64))
+            bar.update()
+    del session
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, {
+        t: TensorData(lowest=np.array([lo], dtype=np.float32), highest=np.array([hi], dtype=np.float32))
+        for t, lo, hi in zip(tensors, low, high)}), cache)
+
+
+def _uses_external_data(path: Path) -> bool:
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    return any(uses_external_data(t) for t in onnx.load(str(path), load_external_data=False).graph.initializer)
 
 
 def _quantize_static(src: Path, dst: Path, calibration, options: dict[str, Any]) -> None:
@@ -252,7 +291,8 @@ def _quantize_static(src: Path, dst: Path, calibration, options: dict[str, Any])
     del model
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".calib-") as work:
         cache = Path(work) / "ranges.json"
-        _calibrate(src, op_types, calibration, dtypes, cache, Path(work))
+        _calibrate(src, op_types, nodes, calibration, dtypes, cache, Path(work),
+                   optimize=options.get("calibration_session") == "optimized")
         quantize_static(
             str(src), str(dst),
             None,
