@@ -254,9 +254,10 @@ def test_known_student_folder_through_profile_build_and_export(tmp_path, capsys)
     assert json.loads((out / "bksdm_edge.json").read_text())["variant"] == "bk-tiny"
     # export: the manifest names the plan of a folder that has no bksdm_edge.json
     from bksdm_edge.export.pipeline import export_bundle
+    from bksdm_edge.export.request import ExportRequest
 
-    bundle = export_bundle("builtin:tiny-sd", unet=folder, format="onnx", precision="fp32", out=tmp_path / "bundle",
-                           components=("unet",), progress=False)
+    bundle = export_bundle(ExportRequest(out=tmp_path / "bundle", model="builtin:tiny-sd", unet=folder, format="onnx",
+                                         precision="fp32", components=("unet",), progress=False))
     assert json.loads((bundle / "manifest.json").read_text())["source"]["variant"] == "bk-tiny"
 
 

@@ -100,15 +100,13 @@ class ErrorProbe:
     def __init__(self, model, protocol: ErrorProtocol, resolution: int):
         import torch
 
-        from ..export.inputs import record_pipeline_inputs
-        from ..export.pipeline import default_shape
+        from ..export.inputs import PipelineRun, record_pipeline
 
         self.model, self.protocol = model, protocol
-        shape = default_shape(model, resolution, resolution)
-        calls = record_pipeline_inputs(model, shape, list(protocol.prompts), steps=protocol.steps,
-                                       guidance_scale=protocol.guidance_scale, seed=protocol.seed,
-                                       components=("unet",))["unet"]
-        rows = [row for call in calls for row in call]
+        runs = [PipelineRun(prompt=p, seed=protocol.seed + i, steps=protocol.steps, components=("unet",))
+                for i, p in enumerate(protocol.prompts)]
+        recordings = record_pipeline(model, resolution, resolution, runs, guidance_scale=protocol.guidance_scale)
+        rows = [row for rec in recordings for call in rec["unet"] for row in call]
         keep = np.unique(np.linspace(0, len(rows) - 1, min(protocol.max_inputs, len(rows))).round().astype(int))
         rows = [rows[i] for i in keep]
         self.inputs = [
@@ -302,16 +300,16 @@ def sensitivity_markdown(doc: dict[str, Any]) -> str:
         lines += [f"Latency: median of {lat['repeats']} after {lat['warmup']} warm-up, {lat['backend']} "
                   f"{lat['precision']}, {lat['threads']} threads, each plan in its own process "
                   f"(benchmark report in `latency/`).", ""]
-    header = "| group | option | params saved | MACs saved | " + ("latency saved | " if lat else "") + (
-        "NMSE | PSNR dB | cosine |" if err else "")
-    lines += [header, "|" + "---|" * (header.count("|") - 1)]
+    columns = ["group", "option", "params saved", "MACs saved"] + (["latency saved"] if lat else []) + (
+        ["NMSE", "PSNR dB", "cosine"] if err else [])
+    lines += ["| " + " | ".join(columns) + " |", "|---|---|" + "---:|" * (len(columns) - 2)]
     for r in sorted(doc["options"], key=lambda r: (r["group"], r.get("nmse", 0))):
-        row = f"| {r['group']} | {r['key']} | {_pct(r['params_ratio'])} | {_pct(r['macs_ratio'])} | "
+        cells = [r["group"], r["key"], _pct(r["params_ratio"]), _pct(r["macs_ratio"])]
         if lat:
-            row += f"{_pct(r.get('latency_ratio'))} | "
+            cells.append(_pct(r.get("latency_ratio")))
         if err:
-            row += f"{_num(r.get('nmse'), '.4f')} | {_num(r.get('psnr_db'), '.1f')} | {_num(r.get('cosine'), '.4f')} |"
-        lines.append(row)
+            cells += [_num(r.get("nmse"), ".4f"), _num(r.get("psnr_db"), ".1f"), _num(r.get("cosine"), ".4f")]
+        lines.append("| " + " | ".join(cells) + " |")
     if doc["skipped"]:
         lines += ["", "Not measured, their weight maps do not fit this teacher's shapes (reasons in sensitivity.json): "
                   + ", ".join(f"{s['group']}={s['key']}" for s in doc["skipped"]) + "."]
@@ -330,36 +328,47 @@ def _group_kind(group: str) -> str:
     return group.split(".")[0]
 
 
-def plot_sensitivity(doc: dict[str, Any], path: Path) -> Path | None:
-    """MACs saved (and latency saved) vs output error, one point per option."""
-    rows = [r for r in doc["options"] if "nmse" in r]
-    if not rows:
-        return None
+def plot_sensitivity(doc: dict[str, Any], path: Path) -> Path:
+    """Left: what each option saves (params, MACs, latency). Right (with the error): MACs saved vs output error."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("macs_ratio", "MACs saved (paper convention)")]
-    if any(r.get("latency_ratio") for r in rows):
-        panels.append(("latency_ratio", f"latency saved ({doc['config']['latency']['backend']})"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5), squeeze=False)
-    colors = {"depth": "tab:blue", "attn": "tab:orange", "stages+mid": "tab:green"}
-    for ax, (key, label) in zip(axes[0], panels):
+    rows = sorted(doc["options"], key=lambda r: (r["group"], r["key"]))
+    with_error = [r for r in rows if "nmse" in r]
+    fig, axes = plt.subplots(1, 2 if with_error else 1, figsize=(15 if with_error else 8, max(5, 0.28 * len(rows))),
+                             squeeze=False)
+    ax = axes[0][0]
+    names = [f"{r['group']}={r['key']}" for r in rows]
+    y = np.arange(len(rows))
+    bars = [("params_ratio", "params"), ("macs_ratio", "MACs (paper)"), ("latency_ratio", "latency")]
+    bars = [(k, label) for k, label in bars if any(r.get(k) for r in rows)]
+    height = 0.8 / len(bars)
+    for i, (key, label) in enumerate(bars):
+        ax.barh(y + i * height, [100 * (1 - r[key]) if r.get(key) else 0 for r in rows], height, label=label)
+    ax.set_yticks(y + height * (len(bars) - 1) / 2, names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("saved vs the teacher (%)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    if with_error:
+        ax = axes[0][1]
+        colors = {"depth": "tab:blue", "attn": "tab:orange", "stages+mid": "tab:green"}
         for kind, color in colors.items():
-            pts = [r for r in rows if _group_kind(r["group"]) == kind and r.get(key)]
-            ax.scatter([1 - r[key] for r in pts], [r["nmse"] for r in pts], c=color, label=kind, s=28)
+            pts = [r for r in with_error if _group_kind(r["group"]) == kind]
+            ax.scatter([1 - r["macs_ratio"] for r in pts], [r["nmse"] for r in pts], c=color, label=kind, s=28)
             for r in pts:
-                ax.annotate(f"{r['group']}={r['key']}".replace("+mid-", " mid-"), (1 - r[key], r["nmse"]),
+                ax.annotate(f"{r['group']}={r['key']}".replace("+mid-", " mid-"), (1 - r["macs_ratio"], r["nmse"]),
                             fontsize=6, xytext=(3, 2), textcoords="offset points")
-        ax.set_xlabel(label)
+        ax.set_xlabel("MACs saved (paper convention)")
         ax.set_ylabel("output NMSE vs teacher (teacher-initialised student)")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"Removing one unit of {doc['config']['teacher']} at {doc['resolution']} px", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
