@@ -306,6 +306,14 @@ def test_bench_model_can_be_a_plan_file(tmp_path):
     assert model.unet.config.mid_block_type == "UNetMidBlock2D"
     macs = paper_macs([s, dataclasses.replace(s, model="teacher")], log=print)
     assert 0 < macs[("builtin:tiny-sd", str(plan_file), "unet", 64)] < macs[("builtin:tiny-sd", "teacher", "unet", 64)]
+    # every row names its plan (a folder: the plan its config corresponds to)
+    from bksdm_edge.bench.runner import plan_labels
+
+    folder = scaled_known_folder("segmind_small-sd", tmp_path / "small-sd")
+    labels = plan_labels([s, dataclasses.replace(s, model=str(folder)), dataclasses.replace(s, model="bk-tiny+lcm")])
+    assert labels[("builtin:tiny-sd", str(plan_file))] == "no-attn0: down 1-attn/1/1/1 | mid resnet1 | up 2/2/2/2-attn"
+    assert labels[("builtin:tiny-sd", str(folder))].startswith("bk-base: down 1/1/1/1 | mid full")
+    assert labels[("builtin:tiny-sd", "bk-tiny+lcm")].startswith("bk-tiny: ")
     # the artifact cache is keyed by the plan's contents: an edited plan is rebuilt
     first = artifact_dir(tmp_path, s, get_backend("pytorch"))
     custom_plans()["deep-inner"].save(plan_file)

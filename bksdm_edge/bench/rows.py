@@ -58,6 +58,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("export_s", float),
     Column("export_peak_rss_mb", float),
     Column("macs_g", float, doc="paper-convention MACs of one call, in G"),
+    Column("plan", str, doc="a student's removal plan (docs/plans.md): name and pairs kept per stage; for a U-Net "
+           "folder, the plan its config corresponds to"),
     # Where a generate run's time goes (median over the timed runs / median_s; the rest is "other").
     Column("text_encoder_share", float, doc="generate: share of the time in the text encoder"),
     Column("unet_share", float, doc="generate: share of the time in U-Net calls"),

@@ -166,6 +166,21 @@ def paper_macs(scenarios: list[Scenario], log: Callable[[str], None] = print) ->
     return out
 
 
+def plan_labels(scenarios: list[Scenario]) -> dict[tuple, str | None]:
+    """The removal plan of every student model (variant, plan file, or a folder's recognised plan), by (source, model)."""
+    from ..loading import teacher_unet_config
+    from ..plans.resolve import plan_label
+
+    out: dict[tuple, str | None] = {}
+    for s in scenarios:
+        key = (s.source, s.model)
+        if key not in out and not s.is_teacher:
+            config = teacher_unet_config(s.source)
+            base = split_lcm(s.model)[0]
+            out[key] = plan_label(base, config) if config is not None else None
+    return out
+
+
 STOPPED = "not measured: the run was stopped before this scenario"
 
 
@@ -213,11 +228,14 @@ def run_benchmark(config: BenchConfig, out_dir: str | Path, *, cache: str | Path
     # MACs first (meta device, seconds): the report is rewritten after every row, so a run that is
     # stopped early still leaves a complete report of what it measured.
     macs = paper_macs(config.scenarios, log)
+    plans = plan_labels(config.scenarios)
     rows: list[dict[str, Any]] = []
 
     def document(final: bool) -> dict[str, Any]:
         all_rows = rows + list(imported or [])
         add_ratios(all_rows, macs)
+        for r in rows:
+            r["plan"] = plans.get((r["source"], r["model"]))
         return {
             "name": config.name,
             "started": started,

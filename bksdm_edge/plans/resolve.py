@@ -213,3 +213,16 @@ def student_info(folder: str | Path, teacher_config: Any) -> dict[str, Any]:
     info["plan"] = known.plan.to_dict()
     info["plan_from"] = known.how
     return info
+
+
+def plan_label(spec: str, teacher_config: Any) -> str | None:
+    """``name: pairs kept`` of what a benchmark or report names a student by: a built-in plan, a plan file, or a
+    U-Net folder (its recognised plan). None for the teacher, a bundle, or a folder that is no removal."""
+    path = Path(spec)
+    if spec == "teacher" or (path / "manifest.json").is_file():
+        return None
+    try:
+        plan = describe_student(path, teacher_config).plan if path.is_dir() else resolve_plan(spec)
+    except BksdmError:
+        return None
+    return f"{plan.name}: {plan.summary()}"
