@@ -128,20 +128,26 @@ def score_pytorch(unet_dir: Path | None, cfg: AblationConfig) -> dict[str, Any]:
     return s
 
 
-def run_cell(variant: str, setup_key: str, seed: int, cfg: AblationConfig, work: Path) -> dict[str, Any]:
-    """Distil one student and score it; returns (and stores) its record."""
+def run_cell(variant: str, setup_key: str, seed: int, cfg: AblationConfig, work: Path, *,
+             label: str | None = None) -> dict[str, Any]:
+    """Distil one student and score it; returns (and stores) its record.
+
+    ``variant`` is a built-in plan name or a plan file (docs/plans.md); ``label`` names the cell (default:
+    ``variant``).
+    """
     from bksdm_edge.distill import distill
     from bksdm_edge.distill.config import CheckpointConfig, DataConfig, DistillConfig, LossConfig, OptimConfig
 
     setup = SETUP_BY_KEY[setup_key]
-    name = cell_name(variant, setup_key, seed)
+    label = label or variant
+    name = cell_name(label, setup_key, seed)
     rec_path = work / "records" / f"{name}.json"
     if rec_path.exists():
         return json.loads(rec_path.read_text())
     run = work / "runs" / name
     student = None
     if setup.init == "random":
-        student = str(random_init_student(cfg.teacher, variant, work / "init" / f"{variant}_s{seed}", seed))
+        student = str(random_init_student(cfg.teacher, variant, work / "init" / f"{label}_s{seed}", seed))
     t = time.perf_counter()
     dc = DistillConfig(
         teacher=cfg.teacher, variant=variant, out=str(run), student=student, max_steps=cfg.steps,
@@ -154,7 +160,7 @@ def run_cell(variant: str, setup_key: str, seed: int, cfg: AblationConfig, work:
     result = distill(dc, command=["benchmarks/mini_sd/ablation.py", name])
     train_s = time.perf_counter() - t
     scores = score_pytorch(Path(result.unet_dir), cfg)
-    rec = {"kind": "cell", "variant": variant, "setup": setup_key, "seed": seed, "unet": str(result.unet_dir),
+    rec = {"kind": "cell", "variant": label, "setup": setup_key, "seed": seed, "unet": str(result.unet_dir),
            "train_s": round(train_s, 1), "last_losses": result.last_losses, **scores}
     rec_path.parent.mkdir(parents=True, exist_ok=True)
     rec_path.write_text(json.dumps(rec, indent=2))
