@@ -54,8 +54,9 @@ def child(task: dict) -> dict:
     import torch
 
     from bksdm_edge.bench.backends import load_scenario_model
-    from bksdm_edge.export import coreml
     from bksdm_edge.export.components import UNetWrapper
+    from bksdm_edge.export.coreml.check import static_check
+    from bksdm_edge.export.coreml.convert import convert, recompress
 
     s, work = Scenario(**task["scenario"]), Path(task["work"])
     torch.set_grad_enabled(False)
@@ -75,16 +76,16 @@ def child(task: dict) -> dict:
             "timestep": torch.full((s.batch,), 999.0),
             "encoder_hidden_states": torch.randn(s.batch, 77, cfg.cross_attention_dim, generator=g),
         }
-        converted = coreml.convert(module, example, ["out_sample"], fp16_dir, "fp16", options=options)
+        converted = convert(module, example, ["out_sample"], fp16_dir, "fp16", options=options)
     else:
         fp16 = json.loads((work / "fp16.json").read_text())
         from bksdm_edge.export.base import ConvertedModel
 
         base = ConvertedModel(path=Path(fp16["path"]), files=[], inputs=[], outputs=[], precision="fp16",
                               extra=fp16["extra"])
-        converted = coreml.recompress(base, module, s.precision, work / s.precision, options={})
+        converted = recompress(base, module, s.precision, work / s.precision, options={})
     seconds = time.perf_counter() - t1
-    problems = coreml.static_check(converted)
+    problems = static_check(converted)
     stored = converted.extra["stored_weights"]
     row = {
         "model": f"{s.source} -> {s.model}",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from _export_helpers import tiny_bundle
+from bksdm_edge.export.bundle import verify_bundle
 from bksdm_edge.runtime.golden import GOLDEN_DIR, write_golden
 from bksdm_edge.runtime.tokenizer import ClipTokenizer
 
@@ -32,3 +34,24 @@ def test_vocabulary_subset_reproduces_every_golden_encoding():
             GOLDEN_DIR / golden["vocab"], GOLDEN_DIR / golden["merges"], pad_token_id=case["pad_token_id"]
         )
         assert tok.encode(case["prompt"]) == case["ids"], case["prompt"]
+
+
+def _keys(value, skip=("extra", "versions", "files")):
+    """The key structure of a JSON value (dict keys recursively, a list by its first element)."""
+    if isinstance(value, dict):
+        return {k: _keys(v) for k, v in value.items() if k not in skip}
+    if isinstance(value, list) and value and isinstance(value[0], (dict, list)):
+        return [_keys(value[0])]
+    return None
+
+
+def test_golden_bundle_manifest_has_the_structure_of_a_real_export():
+    """The Kotlin engine parses golden/bundle/manifest.json (written by the real manifest builder on a fake
+    model); it must have every key, in every nested object, that a real tiny ONNX export's manifest has."""
+    golden = verify_bundle(GOLDEN_DIR / "bundle")  # complete, every file listed with its sha256
+    real = verify_bundle(tiny_bundle("fp32"))
+    assert _keys(golden) == _keys(real)
+    assert golden["components"].keys() == real["components"].keys()
+    for name, entry in real["components"].items():
+        assert golden["components"][name]["inputs"] == entry["inputs"], name
+        assert golden["components"][name]["outputs"] == entry["outputs"], name

@@ -9,30 +9,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
+from bksdm_edge.runtime.golden import SCHEDULER_CONFIGS, SD_V1_SCHEDULER
 from bksdm_edge.runtime.noise import NoiseStream
 from bksdm_edge.runtime.schedulers import SCHEDULERS, scheduler_from_config
 
 diffusers = pytest.importorskip("diffusers")
 torch = pytest.importorskip("torch")
 
-SD_V1 = {
-    "_class_name": "PNDMScheduler",
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "steps_offset": 1,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "clip_sample": False,
-    "prediction_type": "epsilon",
-    "timestep_spacing": "leading",
-    "trained_betas": None,
-}
+SD_V1 = SD_V1_SCHEDULER  # the goldens' config (bksdm_edge/runtime/golden.py), not a copy
 SD_V2 = {**SD_V1, "prediction_type": "v_prediction"}
 CONFIGS = {
-    "sd-v1": SD_V1,
-    "sd-v2-v": SD_V2,
+    **SCHEDULER_CONFIGS,  # every config the Kotlin goldens use
     "trailing": {**SD_V1, "timestep_spacing": "trailing", "steps_offset": 0},
     "linspace-v": {**SD_V2, "timestep_spacing": "linspace", "beta_schedule": "linear", "clip_sample": True},
 }

@@ -9,31 +9,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
+from bksdm_edge.runtime.golden import PROMPTS as GOLDEN_PROMPTS
 from bksdm_edge.runtime.tokenizer import ClipTokenizer
 from bksdm_edge.tokenizer_files import write_clip_tokenizer_files
 
 transformers = pytest.importorskip("transformers")
 
-PROMPTS = [
-    "a photo of an astronaut riding a horse on mars",
-    "A Red Car, Parked In Front Of A House. 4K, HDR!!!",
-    "",
-    "   ",
-    "\t\n",
-    "hello!! world! ... ??? ;-) (((masterpiece))) [best quality] {x|y} <lora:z:0.8>",
-    "It's a dog's life, they'll've said; we're I'M you'd",
-    "café crème brûlée, naïve façade, Ångström, Ελληνικά ΟΔΟΣ, İstanbul, straße",
-    "東京の夜景、富士山 and 서울 타워 with 北京烤鸭",
-    "a cat 🐱 wearing sunglasses 😎🕶️ and a 👩🏽‍🚀 flag 🇫🇷",
-    "numbers 2024 3.14159 1,000,000 and 0x1F",
-    "a\u3000b\u00a0c\u2003d\u200be\u0085f\x1cg",
-    "e\u0301 vs \u00e9 (NFC), ﬁ ligature, Ⅻ roman, ² superscript",
-    "x<|endoftext|>y<|startoftext|>z <|ENDOFTEXT|>",
-    "&amp; &lt;html&gt; stays literal",
-    " ".join(["word"] * 100),
-    "supercalifragilisticexpialidocious " * 20,
-    "a very long prompt, " + ", ".join(f"detail number {i}" for i in range(60)),
-]
+# The golden prompts the Kotlin engine is tested on, plus cases only this comparison needs.
+PROMPTS = [*GOLDEN_PROMPTS, "   ", "\t\n", " ".join(["word"] * 100)]
 
 
 @pytest.fixture(scope="module")

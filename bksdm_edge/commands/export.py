@@ -18,16 +18,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    import json
-
     from ..export.cli_args import request_from_args
-    from ..export.pipeline import export_bundle
+    from ..export.pipeline import export_bundle, export_summary
 
     path = export_bundle(request_from_args(args))
-    report = json.loads((path / "validation.json").read_text())
-    for name, comp in report["components"].items():
-        psnrs = [s["psnr_db"] for s in comp["sets"] if "psnr_db" in s]
-        worst = f"min PSNR {min(psnrs):.1f} dB" if psnrs else comp["numeric_checks"]
-        print(f"  {name}: passed ({worst})")
-    print(f"bundle written to {path}")
+    print("\n".join(export_summary(path)))
     return 0

@@ -1,6 +1,6 @@
 """Types shared by every export format back-end.
 
-A format back-end (``onnx.py``, ``tflite.py``, ``coreml.py``) provides, per precision,
+A format back-end (``onnx.py``, ``tflite.py``, ``coreml/``) provides, per precision,
 a ``convert`` function and a ``load_runner`` function with these signatures::
 
     convert(module, example_inputs, output_names, out_dir, precision, *, calibration=None, options=None)

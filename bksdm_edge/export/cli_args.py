@@ -98,7 +98,7 @@ def add_export_args(parser: argparse.ArgumentParser, formats: Sequence[str] | No
                 group.add_argument(opt.cli, dest=f"option_{opt.key}", action="store_true", default=None, help=opt.help)
             else:
                 group.add_argument(opt.cli, dest=f"option_{opt.key}", choices=opt.choices, type=opt.type,
-                                   help=opt.help)
+                                   metavar=None if opt.choices else opt.key.upper(), help=opt.help)
     return parser
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from .bundle import VALIDATION, BundleWriter, component_entry, read_manifest, scheduler_entry, verify_bundle
 from .manifest import ModelFacts, build_manifest
+from .registry import get_target
 from .request import ExportRequest, Validation
 
 VERSION_PACKAGES = ("torch", "diffusers", "transformers", "onnx", "onnxruntime", "coremltools", "ai-edge-litert",
@@ -74,6 +75,7 @@ def export_bundle(request: ExportRequest, *, model=None) -> Path:
     if model is None:
         model = load_model(request.model, unet=request.unet)
     shapes = {c: request.component_shape(c, model) for c in request.components}
+    facts = model_facts(model)
 
     # 2. Inputs: seeded sets, one recorded pipeline run for validation (when the export can run here)
     #    and the calibration runs (when the target calibrates).
@@ -91,18 +93,17 @@ def export_bundle(request: ExportRequest, *, model=None) -> Path:
         # 3. Convert and validate every component; collect all failures before deciding.
         for name in _progress(request.components, f"exporting {target.name()}", request.progress):
             spec = COMPONENTS[name]
-            module = spec.module(model)
+            module = target.component_module(name, model)
             converted = target.convert(
                 module, inputs[name].example, spec.output_names, target.component_dir(root, name), target.PRECISION,
-                calibration=inputs[name].calibration, options=target.component_options(name, request),
+                calibration=inputs[name].calibration, options=target.component_options(name, request, facts),
             )
             report.components[name] = validate_component(
                 name, target.for_component(name), module, converted, inputs[name].validation,
                 input_names=spec.input_names, output_names=spec.output_names)
             manifest_components[name] = component_entry(converted, root)
-        report.save(root / VALIDATION)
 
-        # 4. Tokenizer, scheduler, the manifest and the format's own layout files.
+        # 4. Tokenizer, scheduler, the manifest and the format's own layout files, checked as a whole.
         write_clip_tokenizer_files(root / "tokenizer", model.tokenizer.pad_token)
         model.scheduler.save_config(root / "scheduler")
         calibration = None
@@ -112,13 +113,15 @@ def export_bundle(request: ExportRequest, *, model=None) -> Path:
                            "steps": request.calibration.steps,
                            "samples": {c: len(inputs[c].calibration) for c in calibrate}}
         manifest = build_manifest(
-            request, target, model_facts(model), height=base.height, width=base.width, max_length=base.max_length,
+            request, target, facts, height=base.height, width=base.width, max_length=base.max_length,
             components=manifest_components, calibration=calibration,
             validation={"prompt": request.validation.prompt, "steps": request.validation.steps,
                         "passed": report.passed, "numeric_checks": report.numeric_checks},
             versions=versions(),
         )
         target.write_layout_files(root, manifest)
+        report.bundle = target.check_layout(root, manifest)
+        report.save(root / VALIDATION)
 
         # 5. Only a validated export becomes a bundle; a failed one stays as OUT.failed for inspection.
         report.raise_if_failed(f" (report kept in {writer.out.name}.failed/{VALIDATION})")
@@ -178,12 +181,31 @@ def validate_bundle(path: str | Path, *, model=None, progress: bool = True, repo
             outputs=[tensor_info_from_json(t) for t in entry["outputs"]], extra=entry.get("extra", {}),
         )
         report.components[name] = validate_component(
-            name, target.for_component(name), spec.module(model), converted, inputs[name].validation,
-            input_names=spec.input_names, output_names=spec.output_names)
+            name, target.for_component(name), target.component_module(name, model), converted,
+            inputs[name].validation, input_names=spec.input_names, output_names=spec.output_names)
+    report.bundle = target.check_layout(root, manifest)
     if report_path:
         report.save(report_path)
     report.raise_if_failed()
     return report
 
 
-__all__ = ["ExportRequest", "export_bundle", "validate_bundle", "read_manifest", "verify_bundle", "versions"]
+def export_summary(path: str | Path) -> list[str]:
+    """What ``bksdm-edge export`` and ``export/to_*.py`` print after an export: each component's validation
+    (worst PSNR, or why values were not compared) and format facts, the bundle path, the next steps."""
+    import json
+
+    root = Path(path)
+    manifest = read_manifest(root)
+    target = get_target(manifest["format"], manifest["precision"])
+    report = json.loads((root / VALIDATION).read_text())
+    lines = []
+    for name, comp in report["components"].items():
+        psnrs = [s["psnr_db"] for s in comp["sets"] if "psnr_db" in s]
+        checked = f"min PSNR {min(psnrs):.1f} dB" if psnrs else f"numeric checks {comp['numeric_checks']}"
+        facts = target.component_summary(manifest["components"][name])
+        lines.append(f"  {name}: passed ({checked})" + (f"; {facts}" if facts else ""))
+    return lines + [f"bundle written to {root}"] + target.bundle_notes(root, manifest)
+
+
+__all__ = ["ExportRequest", "export_bundle", "export_summary", "validate_bundle", "read_manifest", "verify_bundle", "versions"]

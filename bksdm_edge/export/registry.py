@@ -141,8 +141,17 @@ class ExportTarget:
         return options
 
     @classmethod
-    def component_options(cls, component: str, request) -> dict[str, Any]:
-        """The ``convert(..., options=...)`` of one component of ``request``."""
+    def component_module(cls, component: str, model):
+        """The PyTorch module this format exports for ``component`` of a loaded ``SDModel`` (and validates
+        against): the canonical wrapper of ``components.py`` unless the format's runtime expects another output."""
+        from .components import COMPONENTS
+
+        return COMPONENTS[component].module(model)
+
+    @classmethod
+    def component_options(cls, component: str, request, facts=None) -> dict[str, Any]:
+        """The ``convert(..., options=...)`` of one component of ``request`` (``facts``: the model's
+        ``manifest.ModelFacts``, for formats that record them in the model files)."""
         options = cls.options(component)
         if request.dynamic:
             from .components import COMPONENTS
@@ -174,6 +183,22 @@ class ExportTarget:
     @classmethod
     def write_layout_files(cls, root: Path, info: dict[str, Any]) -> list[Path]:
         """Write format-specific files at the bundle root (e.g. ONNX's model_index.json); returns them."""
+        return []
+
+    @classmethod
+    def check_layout(cls, root: Path, manifest: dict[str, Any]) -> list[str]:
+        """Problems of the written bundle as a whole against the format's consumer (e.g. Apple's Swift
+        package for Core ML); checked before the bundle is committed. Empty = none."""
+        return []
+
+    @classmethod
+    def component_summary(cls, entry: dict[str, Any]) -> str:
+        """Format facts worth one line after an export (e.g. Core ML's stored weights), from a manifest entry."""
+        return ""
+
+    @classmethod
+    def bundle_notes(cls, path: Path, manifest: dict[str, Any]) -> list[str]:
+        """What to do with the bundle next (e.g. compile Core ML packages on a Mac)."""
         return []
 
 

@@ -69,10 +69,12 @@ class ValidationReport:
     target: str
     components: dict[str, ComponentReport] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
+    bundle: list[str] = field(default_factory=list)  # problems of the bundle as a whole (``check_layout``)
 
     @property
     def failures(self) -> list[str]:
-        return [f"{c}: {f}" for c, r in self.components.items() for f in r.failures]
+        return [f"{c}: {f}" for c, r in self.components.items() for f in r.failures] + [
+            f"bundle: {f}" for f in self.bundle]
 
     @property
     def passed(self) -> bool:
@@ -92,6 +94,7 @@ class ValidationReport:
             "components": {
                 c: asdict(r) | {"passed": r.passed} for c, r in self.components.items()
             },
+            "bundle": self.bundle,
             "failures": self.failures,
         }
 

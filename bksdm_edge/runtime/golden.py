@@ -12,6 +12,8 @@
   full runs (1 and 10 steps) on seeded inputs with every intermediate sample; a
   scheduler that draws noise (LCM) takes it from ``NoiseStream(noise_seed)``; LCM also
   runs on the config of a distillation with 25 solver steps (1, 2, 4, 8 steps);
+- ``bundle/``: a fake bundle whose ``manifest.json`` comes from the real manifest builder
+  (``bundle_golden``), for the engine's manifest parsing and bundle verification;
 - ``image.json``: classifier-free guidance, the LCM guidance embedding, latent
   unscaling, decoder output -> RGB, and the portable Gaussian noise (also drawn in
   consecutive pieces of one stream).
@@ -253,6 +255,55 @@ def image_golden() -> str:
     return _dump({"format_version": FORMAT_VERSION}, cases)
 
 
+# The fake bundle of ``bundle_golden``: the I/O of builtin:tiny-sd's ONNX fp32 export (64 px, hidden size 32).
+GOLDEN_BUNDLE_IO = {
+    "text_encoder": ([("input_ids", (1, 77), "int32", None)], [("last_hidden_state", (1, 77, 32), "float32", None)]),
+    "unet": ([("sample", (1, 4, 8, 8), "float32", "NCHW"), ("timestep", (1,), "float32", None),
+              ("encoder_hidden_states", (1, 77, 32), "float32", None)],
+             [("out_sample", (1, 4, 8, 8), "float32", "NCHW")]),
+    "vae_decoder": ([("latent_sample", (1, 4, 8, 8), "float32", "NCHW")],
+                    [("sample", (1, 3, 64, 64), "float32", "NCHW")]),
+}
+
+
+def bundle_golden(tmp_dir: Path, vocab: str, merges: str) -> dict[str, str]:
+    """``bundle/``: a fake ONNX bundle of builtin:tiny-sd whose ``manifest.json`` is written by the real
+    manifest builder (``export/manifest.py``) and ``bundle.write_manifest``, so the Kotlin engine's manifest
+    parsing is tested against what the Python exporter writes. Model files are placeholders (the engine's
+    verification hashes them); ``tests/test_golden_vectors.py`` checks that the manifest has the keys of a
+    real tiny export's. Returns relative path -> text."""
+    from bksdm_edge.export.base import ConvertedModel, TensorInfo
+    from bksdm_edge.export.bundle import MANIFEST, component_entry, write_manifest
+    from bksdm_edge.export.manifest import ModelFacts, build_manifest
+    from bksdm_edge.export.request import ExportRequest
+
+    root = tmp_dir / "bundle"
+    files = {f"{c}/model.onnx": f"placeholder for the {c} model of the golden bundle\n" for c in GOLDEN_BUNDLE_IO}
+    files |= {"tokenizer/vocab.json": vocab, "tokenizer/merges.txt": merges}
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text, encoding="utf-8", newline="\n")
+    request = ExportRequest(out=root, model="builtin:tiny-sd", unet=Path("students/bk-tiny"), format="onnx",
+                            precision="fp32", progress=False)
+    components = {}
+    for name, (ins, outs) in GOLDEN_BUNDLE_IO.items():
+        converted = ConvertedModel(root / f"{name}/model.onnx", [], [TensorInfo(*t) for t in ins],
+                                   [TensorInfo(*t) for t in outs], "fp32")
+        components[name] = component_entry(converted, root)
+    facts = ModelFacts(family="sd-v1", variant="bk-tiny", vae_scale_factor=8, latent_channels=4,
+                       latent_scaling_factor=0.18215, scheduler=SD_V1_SCHEDULER, pad_token="<|endoftext|>")
+    manifest = build_manifest(
+        request, request.target, facts, height=64, width=64, max_length=77, components=components,
+        validation={"prompt": request.validation.prompt, "steps": request.validation.steps, "passed": True,
+                    "numeric_checks": "run"},
+        calibration=None, versions={"bksdm_edge": "golden"},
+    )
+    manifest["created"] = "2000-01-01T00:00:00Z"  # fixed, so the file is reproducible
+    write_manifest(root, manifest, complete=True)
+    return {f"bundle/{rel}": text for rel, text in files.items()} | {
+        f"bundle/{MANIFEST}": (root / MANIFEST).read_text(encoding="utf-8")}
+
+
 def write_golden(out_dir: str | Path) -> list[Path]:
     """Write every golden file under ``out_dir`` and return their paths.
 
@@ -263,16 +314,19 @@ def write_golden(out_dir: str | Path) -> list[Path]:
     (out / "tokenizer").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tokens, vocab, merges = tokenizer_golden(Path(tmp))
+        bundle = bundle_golden(Path(tmp), vocab, merges)
     contents = {
         "tokenizer.json": tokens,
         "tokenizer/vocab.json": vocab,
         "tokenizer/merges.txt": merges,
         "schedulers.json": schedulers_golden(),
         "image.json": image_golden(),
+        **bundle,
     }
     paths = []
     for rel, text in contents.items():
         path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8", newline="\n")
         paths.append(path)
     return paths
