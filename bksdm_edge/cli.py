@@ -26,6 +26,9 @@ UserError = BksdmError  # raise from a command for bad input; printed without a 
 def _quiet_third_party() -> None:
     # torchao (pulled in by litert-torch) and diffusers print import-time noise that hides our output.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # diffusers sets its own logger's level when it first logs (after the setLevel below), from this variable:
+    # without it, its import-time torchao notice reaches the console.
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", message=".*torchao.*")
     import logging
 

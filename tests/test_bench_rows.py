@@ -70,3 +70,18 @@ def test_committed_results_still_load(run, tmp_path):
 
 def test_there_are_committed_runs_to_check():
     assert {"cpu-full", "target"} <= {p.name for p in BENCH_RUNS}
+
+
+def test_folder_models_get_a_new_artifact_when_their_files_change(tmp_path):
+    """A student re-trained in place must not be measured from the export cached for its old weights."""
+    from bksdm_edge.bench.backends import artifact_dir, get_backend
+
+    student = tmp_path / "run" / "unet"
+    student.mkdir(parents=True)
+    (student / "config.json").write_text("{}")
+    s = Scenario(model=str(student), component="unet", backend="onnxruntime")
+    before = artifact_dir(tmp_path / "cache", s, get_backend("onnxruntime"))
+    assert before == artifact_dir(tmp_path / "cache", s, get_backend("onnxruntime"))
+    (student / "diffusion_pytorch_model.safetensors").write_bytes(b"new weights")
+    assert artifact_dir(tmp_path / "cache", s, get_backend("onnxruntime")) != before
+    assert before.relative_to(tmp_path / "cache").parts[1].startswith("folder_unet_")

@@ -412,18 +412,32 @@ class CoreMLBackend(ExportBackend):
 def artifact_dir(cache: Path, s: Scenario, backend: Backend) -> Path:
     """Where the artifact of ``s`` lives: shared by scenarios that differ only in threads/repeats/device."""
     source = s.source.replace(":", "_").replace("/", "_")
-    model = s.model if s.model == TEACHER or "/" not in s.model else "folder_" + Path(s.model).name
     base, lcm = split_lcm(s.model)
-    if Path(base).is_file():  # a plan file: keyed by its contents, so an edited plan is rebuilt
-        digest = hashlib.sha256(Path(base).read_bytes()).hexdigest()[:12]
-        model = f"plan_{Path(base).stem}_{digest}{LCM_SUFFIX if lcm else ''}"
+    suffix = LCM_SUFFIX if lcm else ""
+    model = s.model
     if s.is_bundle:
-        model = "bundle_" + Path(s.model).resolve().name
+        model = f"bundle_{Path(s.model).resolve().name}_{_folder_key(Path(s.model))}"
+    elif Path(base).is_file():  # a plan file: keyed by its contents, so an edited plan is rebuilt
+        digest = hashlib.sha256(Path(base).read_bytes()).hexdigest()[:12]
+        model = f"plan_{Path(base).stem}_{digest}{suffix}"
+    elif Path(base).is_dir():  # a student folder: keyed by its files, so a re-trained student is re-exported
+        model = f"folder_{Path(base).name}_{_folder_key(Path(base))}{suffix}"
+    elif "/" in s.model:
+        model = "folder_" + Path(s.model).name
     variant = f"+{s.variant}" if s.variant and s.options.get("export") else ""
     # A pipeline does not depend on the step count (it is a run-time argument).
     return (cache / source / model / s.component
             / f"{backend.artifact_format()}-{backend.artifact_precision(s.precision)}{variant}"
             / f"{s.resolution}px-b{s.batch}")
+
+
+def _folder_key(folder: Path) -> str:
+    """A short digest of a folder's path and its files' names, sizes and modification times: a student or bundle
+    that was re-trained or re-exported in place gets a new artifact instead of a stale cached one."""
+    folder = folder.resolve()
+    stats = sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
+                   for f in folder.rglob("*") if f.is_file())
+    return hashlib.sha256(repr((str(folder), stats)).encode()).hexdigest()[:10]
 
 
 def _manifest(s: Scenario) -> dict:

@@ -102,9 +102,14 @@ def convert(
 
 def export_fp32(module, example_inputs, output_names, path: Path, dynamic_axes=None) -> Path:
     """torch.onnx.export of a component wrapper at fp32 (TorchScript exporter, opset 17)."""
+    import warnings
+
     import torch
 
-    with torch.no_grad():
+    # Tracing records Python branches on shapes as constants and warns for each; the export is traced at the
+    # bundle's fixed shapes and validated against PyTorch afterwards, so the warnings are noise (as in coreml).
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             module,
             tuple(example_inputs.values()),
