@@ -8,14 +8,14 @@ from typing import Iterable
 
 
 def package_versions(packages: Iterable[str]) -> dict[str, str]:
-    """``{"python": ..., "bksdm_edge": ..., package: version}`` for each installed package (missing ones left out).
+    """``{"bksdm_edge": ..., "python": ..., package: version}`` for each installed package (missing ones left out).
 
     Args:
         packages: distribution names as pip knows them (``torch``, ``scikit-learn``, ``litert-torch``).
     """
     from . import __version__
 
-    out = {"python": platform.python_version(), "bksdm_edge": __version__}
+    out = {"bksdm_edge": __version__, "python": platform.python_version()}
     for name in packages:
         try:
             out[name] = metadata.version(name)

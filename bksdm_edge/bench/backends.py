@@ -420,7 +420,7 @@ def artifact_dir(cache: Path, s: Scenario, backend: Backend) -> Path:
     elif Path(base).is_file():  # a plan file: keyed by its contents, so an edited plan is rebuilt
         digest = hashlib.sha256(Path(base).read_bytes()).hexdigest()[:12]
         model = f"plan_{Path(base).stem}_{digest}{suffix}"
-    elif Path(base).is_dir():  # a student folder: keyed by its files, so a re-trained student is re-exported
+    elif base != TEACHER and Path(base).is_dir():  # a student folder: keyed by its files, so a re-trained student is re-exported
         model = f"folder_{Path(base).name}_{_folder_key(Path(base))}{suffix}"
     elif "/" in s.model:
         model = "folder_" + Path(s.model).name

@@ -7,13 +7,12 @@ atomic; the shared validation routine gates it.
 
 from __future__ import annotations
 
-import platform
 import sys
 from dataclasses import asdict
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ..versions import package_versions
 from .bundle import VALIDATION, BundleWriter, component_entry, read_manifest, scheduler_entry, verify_bundle
 from .manifest import ModelFacts, build_manifest
 from .registry import get_target
@@ -25,15 +24,7 @@ VERSION_PACKAGES = ("torch", "diffusers", "transformers", "onnx", "onnxruntime",
 
 def versions() -> dict[str, str]:
     """Versions of the toolkit and of the installed packages an export depends on."""
-    from .. import __version__
-
-    out = {"bksdm_edge": __version__, "python": platform.python_version()}
-    for pkg in VERSION_PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    return package_versions(VERSION_PACKAGES)
 
 
 def _progress(iterable, desc: str, enabled: bool):
