@@ -55,6 +55,24 @@ def test_task_protocol_round_trip(tmp_path):
     assert result["ok"] and result["square"] == 49 and result["peak_rss_mb"] > 0 and ran.ok
     result, ran = child.run_task([sys.executable, str(script)], {"n": -1}, env=env, timeout_s=60)
     assert not result["ok"] and result["error"] == "ValueError: n must be >= 0" and "Traceback" in result["traceback"]
+    # A child that restarts its high-water mark after a peak (as export stages do) still reports the peak.
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        import numpy as np
+        from bksdm_edge.bench.child import task_main
+
+        def fn(task):
+            big = np.ones(300 * 2**20, np.uint8)
+            time.sleep(0.3)
+            del big
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            return {}
+
+        sys.exit(task_main(fn, sys.argv[1:]))
+    """))
+    result, _ = child.run_task([sys.executable, str(script)], {}, env=env, timeout_s=60)
+    assert result["ok"] and result["peak_rss_mb"] > 300
     # A child that dies before writing its result: the error says how it ended.
     result, _ = child.run_task([sys.executable, "-c", "import os; os._exit(3)"], {}, timeout_s=60)
     assert not result["ok"] and result["error"].startswith("exited with 3")

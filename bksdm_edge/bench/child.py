@@ -235,8 +235,8 @@ def run_task(argv: Sequence[str], task: dict[str, Any], *, timeout_s: float | No
 
     Returns the child's result dict (``ok``, its fields, ``peak_rss_mb``, ``log_tail``) and the ``ChildResult``.
     When the child wrote nothing (killed, timed out, crashed before ``task_main``), the dict is
-    ``{"ok": False, "error": <how it ended>}``. ``peak_rss_mb`` is the child's own exact reading when it
-    wrote one, else the sampled peak.
+    ``{"ok": False, "error": <how it ended>}``. ``peak_rss_mb`` is the larger of the child's own reading and
+    the peak sampled from outside.
     """
     with tempfile.TemporaryDirectory(prefix="bksdm-task-") as tmp:
         task_file, result_file = Path(tmp) / "task.json", Path(tmp) / "result.json"
@@ -247,7 +247,10 @@ def run_task(argv: Sequence[str], task: dict[str, Any], *, timeout_s: float | No
         else:
             result = {"ok": False, "error": child.error() or "the child wrote no result"}
     result["log_tail"] = child.tail()
-    result["peak_rss_mb"] = result.get("peak_rss_mb") or child.peak_rss_mb
+    # The larger of the child's own reading (exact at its end) and the sampled one: code that restarts the
+    # kernel's high-water mark per stage (bksdm_edge.export.stages) leaves the child only its last stage's peak.
+    readings = [p for p in (result.get("peak_rss_mb"), child.peak_rss_mb) if p is not None]
+    result["peak_rss_mb"] = max(readings) if readings else None
     return result, child
 
 
