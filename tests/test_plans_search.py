@@ -13,6 +13,7 @@ from diffusers import UNet2DConditionModel
 
 from bksdm_edge.builtins import BUILTINS
 from bksdm_edge.cli import main
+from bksdm_edge.errors import BksdmError
 from bksdm_edge.plans import BUILTIN_PLANS, load_plan
 from bksdm_edge.plans.cost import CostModel
 from bksdm_edge.plans.search import Budget, Estimates, SearchError, exact_search, greedy_search, parse_budget
@@ -149,3 +150,22 @@ def test_plan_show_on_the_docs_example(tmp_path, capsys):
     assert "plan my-plan: down 1-attn/1/1/2 | mid none | up 3/2/2/2" in out
     assert "'layers_per_block': [1, 1, 1, 2]" in out and "'mid_block_type': None" in out
     assert "  down_blocks.3 <- down_blocks.3\n" in out and "  up_blocks.0 <- up_blocks.0\n" in out
+
+
+def test_genomes_of_one_plan_are_equal():
+    # a removed stage's genes are reset, so greedy and exact agree on "the same plan"
+    a = Genome(removed=1, mid="none")
+    b = replace(Genome(depth=Genome().depth[:3] + (((0,), (0, 2)),)), removed=1, mid="none")
+    assert a == b and a.plan().structure == b.plan().structure
+
+
+def test_interleaved_latency(tmp_path):
+    from bksdm_edge.plans.sensitivity import LatencyProtocol, measure_latency
+
+    protocol = LatencyProtocol(threads=1, repeats=4, warmup=1, interleaved=True)
+    latency, doc = measure_latency(TEACHER, {"bk-tiny": BUILTIN_PLANS["bk-tiny"]}, protocol, 64, tmp_path,
+                                   log=lambda m: None)
+    assert latency["teacher"] > 0 and latency["bk-tiny"] == pytest.approx(doc["plans"]["bk-tiny"]["ratio"] * latency["teacher"])
+    assert len(doc["plans"]["bk-tiny"]["student_s"]) == 4 and (tmp_path / "interleaved.json").exists()
+    with pytest.raises(BksdmError, match="interleaved latency runs PyTorch fp32"):
+        measure_latency(TEACHER, {}, replace(protocol, backend="onnxruntime"), 64, tmp_path)

@@ -80,6 +80,9 @@ def add_sensitivity_args(p) -> None:
     p.add_argument("--latency-backend", help="also time one U-Net step per option on this benchmark backend "
                    "(pytorch, onnxruntime, litert, ...; slow at full size: run it under the heavy-job lock)")
     p.add_argument("--latency-precision", default="fp32", help="precision of the latency backend")
+    p.add_argument("--latency-interleaved", action="store_true",
+                   help="PyTorch fp32 only: time the teacher and each plan alternately in this process (robust "
+                   "ratios on a loaded machine; needs memory for two U-Nets at once)")
     p.add_argument("--threads", type=int, default=2, help="threads of the latency measurement")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per option")
     p.add_argument("--warmup", type=int, default=1, help="warm-up runs per option")
@@ -99,7 +102,8 @@ def sensitivity_config(args, teacher: str):
     latency = None
     if args.latency_backend:
         latency = LatencyProtocol(backend=args.latency_backend, precision=args.latency_precision,
-                                  threads=args.threads, repeats=args.repeats, warmup=args.warmup)
+                                  threads=args.threads, repeats=args.repeats, warmup=args.warmup,
+                                  interleaved=args.latency_interleaved)
     return SensitivityConfig(teacher=teacher, resolution=args.resolution, maps=args.maps, error=error, latency=latency)
 
 

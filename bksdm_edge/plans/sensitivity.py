@@ -49,13 +49,19 @@ class ErrorProtocol:
 
 @dataclass(frozen=True)
 class LatencyProtocol:
-    """Latency of one U-Net step (batch 1) on a benchmark backend; every plan in its own process."""
+    """Latency of one U-Net step (batch 1).
+
+    By default on a benchmark backend, every plan in its own process (``bench``: any backend, isolated memory).
+    ``interleaved`` (PyTorch fp32 only) times the teacher and one plan at a time in this process, alternating
+    steps, so slow changes of the machine's load hit both alike: robust ratios on a shared machine.
+    """
 
     backend: str = "pytorch"
     precision: str = "fp32"
     threads: int = 2
     repeats: int = 5
     warmup: int = 1
+    interleaved: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,12 +144,16 @@ class ErrorProbe:
 def measure_latency(source: str, plans: dict[str, Plan], protocol: LatencyProtocol, resolution: int,
                     out_dir: Path, *, cache: Path | None = None, log: Callable[[str], None] = print
                     ) -> tuple[dict[str, float | None], dict[str, Any]]:
-    """Median U-Net step latency of the teacher and every plan, in one benchmark run under ``out_dir``.
+    """Median U-Net step latency of the teacher and every plan, in one benchmark run under ``out_dir`` (or
+    interleaved in this process, see ``LatencyProtocol``).
 
     Returns ({name: seconds or None when the scenario failed, "teacher" included}, the benchmark document).
     """
     from ..bench.runner import run_benchmark
     from ..bench.scenario import expand
+
+    if protocol.interleaved:
+        return interleaved_latency(source, plans, protocol, resolution, out_dir, log=log)
 
     files = {name: str(plan.save(out_dir / "plans" / f"{name}.yaml").resolve()) for name, plan in plans.items()}
     raw = {"name": out_dir.name, "source": source,
@@ -155,6 +165,65 @@ def measure_latency(source: str, plans: dict[str, Plan], protocol: LatencyProtoc
     by_model = {r["model"]: r.get("median_s") for r in doc["rows"]}
     latency = {name: by_model.get(path) for name, path in files.items()}
     latency["teacher"] = by_model.get("teacher")
+    return latency, doc
+
+
+def interleaved_latency(source: str, plans: dict[str, Plan], protocol: LatencyProtocol, resolution: int,
+                        out_dir: Path, *, log: Callable[[str], None] = print) -> tuple[dict[str, float], dict[str, Any]]:
+    """Teacher and each plan timed alternately in this process (seeded random weights: latency does not depend on
+    them); a plan's latency is its median / the teacher's median over the same window, times the teacher's
+    overall median. Writes ``out_dir/interleaved.json``."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from ..bench.machine import machine_info
+    from ..loading import load_model
+
+    if protocol.backend != "pytorch" or protocol.precision != "fp32":
+        raise BksdmError(f"interleaved latency runs PyTorch fp32 in this process, not {protocol.backend} "
+                         f"{protocol.precision}; drop --latency-interleaved to use the benchmark backends")
+    model = load_model(source, components=("unet", "vae"), weights=False)
+    config = {k: v for k, v in dict(model.unet.config).items() if not k.startswith("_")}
+    side = resolution // model.vae_scale_factor
+    g = torch.Generator().manual_seed(0)
+    inputs = (torch.randn(1, config["in_channels"], side, side, generator=g), torch.tensor([500]),
+              torch.randn(1, 77, config["cross_attention_dim"], generator=g))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(protocol.threads)
+
+    def step(unet) -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            unet(*inputs)
+        return time.perf_counter() - start
+
+    record: dict[str, Any] = {}
+    machine_start = machine_info()
+    try:
+        torch.manual_seed(0)
+        teacher = UNet2DConditionModel.from_config(config).eval()
+        for name, plan in plans.items():
+            torch.manual_seed(0)
+            student = UNet2DConditionModel.from_config(plan.student_config(config)).eval()
+            for _ in range(protocol.warmup):
+                step(teacher), step(student)
+            times: dict[str, list[float]] = {"teacher": [], "student": []}
+            for r in range(protocol.repeats):  # alternate which goes first
+                for who, unet in (("teacher", teacher), ("student", student))[:: 1 if r % 2 == 0 else -1]:
+                    times[who].append(step(unet))
+            ratio = float(np.median(times["student"]) / np.median(times["teacher"]))
+            record[name] = {"ratio": ratio, "teacher_s": times["teacher"], "student_s": times["student"]}
+            log(f"  {name}: {ratio:.3f} of the teacher's step")
+            del student
+    finally:
+        torch.set_num_threads(threads)
+    teacher_s = float(np.median([t for r in record.values() for t in r["teacher_s"]])) if record else None
+    latency: dict[str, float | None] = {name: r["ratio"] * teacher_s for name, r in record.items()}
+    latency["teacher"] = teacher_s
+    doc = {"mode": "interleaved", "protocol": asdict(protocol), "resolution": resolution, "plans": record,
+           "machine": {"start": machine_start, "end": machine_info()}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "interleaved.json").write_text(json.dumps(doc, indent=2))
     return latency, doc
 
 
@@ -219,23 +288,22 @@ def run_sensitivity(config: SensitivityConfig, out_dir: str | Path, *, log: Call
         for row, option in tqdm(list(zip(rows, feasible)), desc="output error", disable=not progress):
             row.update(probe.measure(option.genome.plan(option.name)))
     # 3. Latency, one benchmark run with the teacher.
-    latency_doc = None
+    teacher_latency = None
     if config.latency is not None:
         plans = {o.name: o.genome.plan(o.name, o.label) for o in feasible}
-        latency, latency_doc = measure_latency(config.teacher, plans, config.latency, resolution, out / "latency",
-                                               cache=bench_cache, log=log)
-        teacher_s = latency["teacher"]
+        latency, _ = measure_latency(config.teacher, plans, config.latency, resolution, out / "latency",
+                                     cache=bench_cache, log=log)
+        teacher_latency = latency["teacher"]
         for row, option in zip(rows, feasible):
-            row["latency_s"] = latency[option.name]
-            if teacher_s and row["latency_s"]:
-                row["latency_ratio"] = row["latency_s"] / teacher_s
+            row["latency_s"] = latency.get(option.name)
+            if teacher_latency and row["latency_s"]:
+                row["latency_ratio"] = row["latency_s"] / teacher_latency
     doc = {
         "kind": "plan-sensitivity",
         "config": config.to_json(),
         "resolution": resolution,
         "teacher": {"source": config.teacher, **cost_row(cost_model.teacher, cost_model.teacher),
-                    "latency_s": latency_doc and next((r.get("median_s") for r in latency_doc["rows"]
-                                                       if r["model"] == "teacher"), None)},
+                    "latency_s": teacher_latency},
         "error_inputs": probe.count if config.error is not None else 0,
         "options": rows,
         "skipped": skipped,
@@ -297,9 +365,11 @@ def sensitivity_markdown(doc: dict[str, Any]) -> str:
                   f"{err['guidance_scale']}): NMSE = |student - teacher|² / |teacher|² of the noise prediction "
                   "(lower is better), PSNR and cosine as in the export validation.", ""]
     if lat:
+        how = ("the teacher and each plan timed alternately in one process, ratio of medians "
+               "(`latency/interleaved.json`)" if lat.get("interleaved") else
+               "each plan in its own process (benchmark report in `latency/`)")
         lines += [f"Latency: median of {lat['repeats']} after {lat['warmup']} warm-up, {lat['backend']} "
-                  f"{lat['precision']}, {lat['threads']} threads, each plan in its own process "
-                  f"(benchmark report in `latency/`).", ""]
+                  f"{lat['precision']}, {lat['threads']} thread(s), {how}.", ""]
     columns = ["group", "option", "params saved", "MACs saved"] + (["latency saved"] if lat else []) + (
         ["NMSE", "PSNR dB", "cosine"] if err else [])
     lines += ["| " + " | ".join(columns) + " |", "|---|---|" + "---:|" * (len(columns) - 2)]

@@ -43,6 +43,17 @@ class Genome:
     down_attention: tuple[bool, ...] = (True,) * T.STAGES
     up_attention: tuple[bool, ...] = (True,) * T.STAGES
 
+    def __post_init__(self):
+        # Genes of removed stages mean nothing: reset them, so equal genomes are equal plans.
+        if self.removed:
+            gone = range(T.STAGES - self.removed, T.STAGES)
+            object.__setattr__(self, "depth", tuple((FULL_DOWN, FULL_UP) if k in gone else d
+                                                    for k, d in enumerate(self.depth)))
+            object.__setattr__(self, "down_attention", tuple(True if k in gone else a
+                                                             for k, a in enumerate(self.down_attention)))
+            object.__setattr__(self, "up_attention", tuple(True if T.STAGES - 1 - k in gone else a
+                                                           for k, a in enumerate(self.up_attention)))
+
     def plan(self, name: str = "plan", description: str = "") -> Plan:
         down: list[Block | None] = []
         up: list[Block | None] = [None] * T.STAGES
