@@ -45,8 +45,8 @@ class EvidenceConfig:
     extra_budgets: tuple[float, ...] = (0.5, 0.45)
     inputs: int = 128
     batch: int = 64
-    latency_repeats: int = 30
-    latency_warmup: int = 5
+    latency_repeats: int = 100
+    latency_warmup: int = 10
     latency_threads: int = 1
 
 
@@ -62,8 +62,10 @@ def error_protocol(cfg: EvidenceConfig):
 def latency_protocol(cfg: EvidenceConfig):
     from bksdm_edge.plans.sensitivity import LatencyProtocol
 
+    # Interleaved: the shared machine's load changes over minutes; alternating teacher and plan steps in one
+    # process keeps each ratio within one window (bench's one-process-per-plan runs drifted by 2x here).
     return LatencyProtocol(backend="pytorch", threads=cfg.latency_threads, repeats=cfg.latency_repeats,
-                           warmup=cfg.latency_warmup)
+                           warmup=cfg.latency_warmup, interleaved=True)
 
 
 def preset_budgets(extra: tuple[float, ...]) -> dict[str, float]:
@@ -114,7 +116,9 @@ def run(work: Path, results: Path, cfg: EvidenceConfig = EvidenceConfig(), *, lo
             run_search(sensitivity, SearchConfig(budgets=(f"macs={fraction}",), top=1), out, log=log)
         plan_file = out / "plan-1.yaml"
         plan = load_plan(plan_file)
-        same = next((n for n, p in BUILTIN_PLANS.items() if p.structure == plan.structure), None)
+        # a plan found before (a preset, or another budget's) is distilled once
+        same = next((n for n, p in plans.items() if p["plan"].structure == plan.structure and not p.get("same_as")),
+                    None)
         key = f"searched@macs{label}"
         plans[key] = {"kind": "searched", "spec": str(plan_file.resolve()), "plan": plan, "budget": fraction,
                       "budget_label": label, "same_as": same}
@@ -126,6 +130,7 @@ def run(work: Path, results: Path, cfg: EvidenceConfig = EvidenceConfig(), *, lo
                 continue
             t = time.perf_counter()
             rec = ablation.run_cell(p["spec"], "c", seed, cfg.train, work, label=_label(key))
+            _check_cell_plan(rec, p["plan"])
             log(f"{key} seed {seed}: accuracy {rec['prompt_accuracy']:.3f}, FD {rec['frechet_distance']:.1f} "
                 f"({time.perf_counter() - t:.0f} s)")
     # 4. Latency of every plan, one run.
@@ -143,6 +148,16 @@ def run(work: Path, results: Path, cfg: EvidenceConfig = EvidenceConfig(), *, lo
     (results / "plans.md").write_text(markdown(doc))
     plot(doc, results / "plans_pareto.png")
     return doc
+
+
+def _check_cell_plan(rec: dict[str, Any], plan) -> None:
+    """A stored cell must hold the plan it is filed under (a re-run search may propose another plan)."""
+    from bksdm_edge.plans.plan import Plan
+
+    meta = json.loads((Path(rec["unet"]) / "bksdm_edge.json").read_text())
+    if Plan.from_dict(meta["plan"]).structure != plan.structure:
+        raise RuntimeError(f"{rec['unet']} was distilled with another plan than {plan.name}; delete its record "
+                           "under WORK/records to distil the current one")
 
 
 def _label(key: str) -> str:
@@ -215,7 +230,8 @@ def markdown(doc: dict[str, Any], notes: str = "") -> str:
         f"{c['guidance_scale']}); mean ± half-range over the seeds. Searched plans: `bksdm-edge plan search "
         "--budget macs=X` on the sensitivity data in `sensitivity/` (exact search, best re-measured candidate); "
         "budgets = each preset's MACs ratio on this teacher, and tighter ones. Latency: one U-Net step, PyTorch "
-        "fp32, batch 1, 32 px, 1 thread, all plans in one benchmark run (`latency/`).",
+        "fp32, batch 1, 32 px, 1 thread, the teacher and each plan timed alternately in one process, ratio of the "
+        "medians (`latency/interleaved.json`).",
         "",
         "| plan | pairs kept (teacher: down 2/2/2/2, mid full, up 3/3/3/3) | params | MACs | latency | init NMSE est. "
         "| prompt accuracy | Fréchet distance |",
