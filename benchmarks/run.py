@@ -9,11 +9,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bksdm_edge.cli import _quiet_third_party  # noqa: E402
+from bksdm_edge.cli import add_console_flags, run_entry_point  # noqa: E402
 from bksdm_edge.commands.bench import add_arguments, run  # noqa: E402
 
-if __name__ == "__main__":
-    _quiet_third_party()
+
+def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__)
     add_arguments(parser)
-    sys.exit(run(parser.parse_args()))
+    return add_console_flags(parser).parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(run_entry_point(sys.argv[1:], parse, run))

@@ -15,6 +15,7 @@ comes from one ``NoiseStream`` of the seed, as the Kotlin engine draws them.
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import BksdmError
+from .errors import BksdmError, InputError, first_line
 from .export.bundle import verify_bundle
 from .export.registry import get_target
 from .export.tensor_io import from_runner_outputs, tensor_info_from_json, to_runner_inputs
@@ -134,6 +135,9 @@ class BundlePipeline:
                 (diffusers' ``latents=`` argument).
         Returns (image HWC uint8, the initial latents used).
         """
+        from .checks import at_least
+
+        at_least(steps, 1, "--steps")
         started = time.perf_counter()
         for c in self.components.values():
             c.seconds = 0.0
@@ -175,7 +179,9 @@ class BundlePipeline:
         if progress:
             from tqdm.auto import tqdm
 
-            timesteps = tqdm(timesteps, desc="denoising", leave=False)
+            from .console import stream
+
+            timesteps = tqdm(timesteps, desc="denoising", leave=False, disable=False, file=stream())
         for t in timesteps:
             model_in = np.concatenate([x] * len(texts))
             model_in = sched.scale_model_input(model_in, t)
@@ -208,14 +214,40 @@ def generate(
         kwargs: ``BundlePipeline.__call__`` options (negative_prompt, steps, guidance, seed, scheduler).
     Returns the image as an HWC uint8 array.
     """
+    from . import checks
+    from .outputs import write_bytes_atomic
+
+    # Everything named is checked before the bundle is loaded: a typo in --out never costs the denoising work.
+    checks.existing_dir(bundle, "--bundle", what="bundle folder", contains="manifest.json",
+                        hint="pass a folder written by `bksdm-edge export`")
+    checks.at_least(kwargs.get("steps"), 1, "--steps")
+    checks.finite(kwargs.get("guidance"), "--guidance")
+    checks.existing_file(latents_in, "--latents-in", suffixes=(".npy",), what="latents file")
+    checks.output_file(latents_out, "--latents-out", suffixes=(".npy",), what="latents file")
+    checks.output_file(out, "--out", suffixes=checks.IMAGE_SUFFIXES, what="image")
+    latents = _load_latents(latents_in) if latents_in else None
     pipe = BundlePipeline(bundle)
-    latents = np.load(latents_in) if latents_in else None
     image, used = pipe(prompt, latents=latents, **kwargs)
     if latents_out:
-        np.save(latents_out, used)
+        buf = io.BytesIO()
+        np.save(buf, used)
+        write_bytes_atomic(latents_out, buf.getvalue())
     if out:
         from PIL import Image
 
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(out)
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format=Image.registered_extensions()[Path(out).suffix.lower()])
+        write_bytes_atomic(out, buf.getvalue())
     return image
+
+
+def _load_latents(path: str | Path) -> np.ndarray:
+    """Initial latents from a .npy file (numbers only: pickled objects are refused)."""
+    try:
+        latents = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise InputError(f"--latents-in {path} is not a readable .npy array ({first_line(err)}); pass a file "
+                         "written by --latents-out or numpy.save") from err
+    if not isinstance(latents, np.ndarray) or latents.dtype.kind not in "fiu":
+        raise InputError(f"--latents-in {path} holds {getattr(latents, 'dtype', type(latents))}, not numbers")
+    return latents

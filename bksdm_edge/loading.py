@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .builtins import BUILTINS, BuiltinSpec
-from .errors import BksdmError
+from .errors import BksdmError, first_line
 from .tokenizer_files import write_clip_tokenizer_files
 
 BUILTIN_PREFIX = "builtin:"
@@ -174,13 +174,17 @@ def _load_diffusers(src: str, components, dtype, weights: bool = True) -> SDMode
     try:
         for name in components:
             setattr(model, name, loaders[name]())
-    except OSError as err:
-        where = "local folder" if is_local else "hub id"
+    except (OSError, ValueError) as err:
+        if is_local:
+            raise ModelSourceError(
+                f"{src}: could not load its {name} ({first_line(err)}): a file is missing, truncated or corrupt; "
+                "save the pipeline again (StableDiffusionPipeline.save_pretrained) or copy it again"
+            ) from err
         raise ModelSourceError(
-            f"Could not load {name!r} of {where} {src!r}: {err}\n"
-            "If this is a hub id, you need network access to huggingface.co or the model in your local Hugging Face "
-            "cache (HF_HUB_OFFLINE=1 only reads the cache); log in with `hf auth login` for gated models. "
-            f"Without downloads, use a built-in architecture: {', '.join(builtin_names())}."
+            f"Could not load {name!r} of hub id {src!r} ({first_line(err)}). A hub id needs network access to "
+            "huggingface.co or the model in your local Hugging Face cache (HF_HUB_OFFLINE=1 only reads the cache; "
+            "log in with `hf auth login` for gated models); a local folder must exist. Without downloads, use a "
+            f"built-in architecture: {', '.join(builtin_names())}."
         ) from err
     unet_config = model.unet.config if model.unet is not None else _read_unet_config(src)
     if unet_config is not None:
@@ -214,10 +218,16 @@ def load_unet(path: str | Path, dtype=torch.float32, weights: bool = True):
             f"{path} is not a diffusers U-Net folder (no config.json). Pass the folder written by "
             "`bksdm-edge build` or `bksdm-edge distill` (e.g. RUN_DIR/unet)."
         )
-    if not weights:
-        with torch.device("meta"):
-            return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(path)).eval()
-    return UNet2DConditionModel.from_pretrained(path, torch_dtype=dtype).eval()
+    try:
+        if not weights:
+            with torch.device("meta"):
+                return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(path)).eval()
+        return UNet2DConditionModel.from_pretrained(path, torch_dtype=dtype).eval()
+    except (OSError, ValueError) as err:  # diffusers wraps corrupt/truncated/missing weight files in OSError
+        raise ModelSourceError(
+            f"{path}: cannot load this U-Net folder ({first_line(err)}): its config or weight file is missing, "
+            "truncated or corrupt; build or distil the student again, or copy the folder again"
+        ) from err
 
 
 LCM_SCHEDULER = "LCMScheduler"

@@ -19,36 +19,16 @@ stored weights against PyTorch) and the report says so.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from bksdm_edge.export.cli_args import add_export_args
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    return add_export_args(parser, formats=("coreml",))
-
-
 def main(argv=None) -> int:
-    from bksdm_edge.cli import _quiet_third_party
-    from bksdm_edge.errors import BksdmError
+    from bksdm_edge.commands.export import script_main
 
-    _quiet_third_party()
-    args = build_parser().parse_args(argv)
-    try:
-        from bksdm_edge.export.cli_args import request_from_args
-        from bksdm_edge.export.pipeline import export_bundle, export_summary
-
-        path = export_bundle(request_from_args(args))
-    except BksdmError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    print("\n".join(export_summary(path)))
-    return 0
+    return script_main("coreml", __doc__, argv)
 
 
 if __name__ == "__main__":

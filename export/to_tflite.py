@@ -9,7 +9,6 @@ Same as ``bksdm-edge export --format tflite``; see docs/tflite.md (precisions, m
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,18 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv=None) -> int:
-    from bksdm_edge.errors import BksdmError
-    from bksdm_edge.export.cli_args import add_export_args, request_from_args
-    from bksdm_edge.export.pipeline import export_bundle
+    from bksdm_edge.commands.export import script_main
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    args = add_export_args(parser, formats=("tflite",)).parse_args(argv)
-    try:
-        print(export_bundle(request_from_args(args)))
-    except BksdmError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    return 0
+    return script_main("tflite", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from _export_helpers import tiny_bundle
+from bksdm_edge.errors import OutputError
 from bksdm_edge.export.bundle import BundleError, BundleWriter, verify_bundle
 
 
@@ -90,7 +91,7 @@ def test_writer_is_atomic(tmp_path):
         (w.root / "a.txt").write_text("whole")
         w.commit({"components": {}})
     assert verify_bundle(out)["files"]["a.txt"]["size"] == 5
-    with pytest.raises(BundleError, match="already exists"):
+    with pytest.raises(OutputError, match="already holds a bundle; pass --overwrite"):
         BundleWriter(out)
 
 

@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import BksdmError
+from .. import checks
+from ..errors import BksdmError, InputError
 
 TEACHER = "teacher"
 # ``bk-tiny+lcm``: the model with a latent-consistency guidance embedding and LCMScheduler (``distill.lcm.as_lcm``).
@@ -87,6 +88,13 @@ class Scenario:
             raise ConfigError(f"steps must be >= 1 (got {self.steps})")
         if self.repeats < 1 or self.warmup < 0:
             raise ConfigError(f"repeats must be >= 1 and warmup >= 0 (got {self.repeats}, {self.warmup})")
+        if self.threads < 1 or self.batch < 1:
+            raise ConfigError(f"threads and batch must be >= 1 (got {self.threads}, {self.batch})")
+        if not self.is_bundle:  # a bundle runs at its own exported size
+            try:
+                checks.resolution(self.source, self.resolution, flags=("resolution",))
+            except InputError as err:
+                raise ConfigError(f"scenario {self.model}/{self.component}: {err}") from None
 
     @property
     def is_teacher(self) -> bool:

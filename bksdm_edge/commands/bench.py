@@ -39,8 +39,26 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def check_args(args) -> None:
+    """The bench options that can be checked before anything runs (scenarios check their own fields)."""
+    from .. import checks
+    from ..outputs import BENCH_RUN, claim
+
+    checks.at_least(args.repeats, 1, "--repeats")
+    checks.at_least(args.warmup, 0, "--warmup")
+    checks.at_least(args.threads, 1, "--threads")
+    for path in args.imports:
+        checks.existing_file(path, "--import", suffixes=(".json", ".csv"), what="results file")
+    if args.out is not None:
+        checks.output_dir(args.out, "--out")
+        # A run folder is rewritten in place (its rows, report and plots); never a folder of other files.
+        claim(args.out, (BENCH_RUN,), replace=True, flag="--out", option="--out")
+
+
 def run(args) -> int:
     from ..bench.runner import bench
+
+    check_args(args)
 
     overrides = {k: getattr(args, k) for k in ("repeats", "warmup", "threads") if getattr(args, k) is not None}
     android = {k: v for k, v in (("adb", args.adb), ("benchmark_model", args.benchmark_model),

@@ -22,20 +22,25 @@ def register(subparsers) -> None:
     p.add_argument("--teacher", default="builtin:mini-sd", help="model source (default: builtin:mini-sd)")
     add_plan_args(p)
     p.add_argument("--out", required=True, type=Path, help="output folder for the student U-Net")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output folder")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing student folder (one with bksdm_edge.json); other folders are never replaced")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..errors import BksdmError
+    from .. import checks
+    from ..console import notice
+    from ..outputs import STUDENT, atomic_dir, claim
+
+    checks.output_dir(args.out, "--out")
+    replaces = claim(args.out, (STUDENT,), replace=args.force, flag="--out", option="--force")
+
     from ..loading import load_model
     from ..plans.cli_args import plan_spec
     from ..plans.resolve import describe_student
     from ..student import build_student, save_student, validate_plan
 
     spec = plan_spec(args)
-    if args.out.exists() and any(args.out.iterdir()) and not args.force:
-        raise BksdmError(f"{args.out} exists and is not empty; pass --force to overwrite or choose another --out")
     print(f"loading teacher U-Net from {args.teacher} ...", flush=True)
     teacher = load_model(args.teacher, components=("unet",))
     plan = validate_plan(spec, teacher.unet.config)
@@ -43,7 +48,8 @@ def run(args) -> int:
         print(f"plan recognised: {describe_student(spec, teacher.unet.config).describe()}")
     print(f"plan {plan.name}: {plan.summary()}")
     student, report = build_student(teacher.unet, plan)
-    save_student(student, args.out, teacher=args.teacher, report=report)
+    with atomic_dir(args.out, replaced=replaces, log=notice) as tmp:
+        save_student(student, tmp, teacher=args.teacher, report=report)
     print(json.dumps(report.summary(), indent=2))
     print(f"saved {plan.name} student to {args.out}")
     return 0

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from .distill import add_data_arguments, data_config
+from .distill import add_data_arguments, check_data_args, data_config
 
 
 def register(subparsers) -> None:
@@ -24,11 +25,19 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..distill import cache_latents
-    from ..errors import BksdmError
+    from .. import checks
+    from ..errors import InputError, OutputError
 
     if not args.cache_dir or not args.data:
-        raise BksdmError("cache-latents needs --data and --cache-dir")
+        raise InputError("cache-latents needs --data and --cache-dir")
+    check_data_args(args)
+    checks.at_least(args.encode_batch_size, 1, "--encode-batch-size")
+    checks.output_dir(args.cache_dir, "--cache-dir")
+    if Path(args.cache_dir).exists():
+        raise OutputError(f"--cache-dir {args.cache_dir} already exists; a cache is never overwritten: choose a new "
+                          "--cache-dir (or delete that one if it is an old cache you no longer need)")
+
+    from ..distill import cache_latents
     cache = cache_latents(args.teacher, data_config(args), args.cache_dir, device=args.device,
                           batch_size=args.encode_batch_size)
     print(json.dumps({k: v for k, v in cache.meta.items()}, indent=2))

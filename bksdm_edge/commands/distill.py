@@ -6,6 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+
+from ..errors import InputError
+
+DATA_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 
 
 def _bool_flag(p, name: str, default: bool, help: str) -> None:
@@ -149,8 +154,67 @@ def config_from_args(args):
     )
 
 
+def check_data_args(args) -> None:
+    """The data options shared with ``cache-latents`` (no model or data is loaded)."""
+    from .. import checks
+
+    checks.resolution(args.teacher, args.resolution)
+    checks.at_least(args.num_workers, 0, "--num-workers")
+    if args.data and (Path(args.data).suffix.lower() in DATA_FILE_SUFFIXES or args.data.startswith((".", "/", "~"))
+                      or Path(args.data).exists()):
+        # A path (not a Hugging Face dataset name): it must exist.
+        path = Path(args.data).expanduser()
+        if not path.exists():
+            raise InputError(f"--data {args.data}: no such file or folder; pass an image folder with metadata.jsonl, "
+                             "a CSV/JSONL file, or a Hugging Face dataset name")
+        checks.existing_dir(path, "--data") if path.is_dir() else checks.existing_file(path, "--data")
+    if args.cache_dir and Path(args.cache_dir).exists():
+        checks.existing_dir(args.cache_dir, "--cache-dir", what="latent cache folder")
+
+
+def check_run_dir(out: str, cache_dir: str | None) -> None:
+    """``--out`` may be new, empty, or an earlier run of ours: never a folder of the user's files."""
+    from .. import checks
+    from ..errors import OutputError
+    from ..outputs import DISTILL_RUN, kind_of
+
+    path = Path(out)
+    checks.output_dir(path, "--out")
+    if not path.is_dir() or kind_of(path, (DISTILL_RUN,)):
+        return
+    cache = Path(cache_dir).resolve() if cache_dir else None
+    foreign = sorted(p.name for p in path.iterdir() if p.resolve() != cache)
+    if foreign:
+        raise OutputError(
+            f"--out {out} is an existing folder that is not a distillation run (no {DISTILL_RUN.marker}; it holds "
+            f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); choose a new --out or an empty folder")
+
+
+def check_args(args) -> None:
+    """Every distill option that can be checked before the teacher is loaded."""
+    from .. import checks
+
+    check_data_args(args)
+    check_run_dir(args.out, args.cache_dir)
+    for flag, minimum in (("max_steps", 1), ("batch_size", 1), ("grad_accum", 1), ("seed", 0),
+                          ("lr_warmup_steps", 0), ("checkpoint_every", 0), ("keep_checkpoints", 0),
+                          ("validate_every", 1), ("validation_inference_steps", 1), ("log_every", 1),
+                          ("lambda_task", 0), ("lambda_out", 0), ("lambda_feat", 0), ("weight_decay", 0)):
+        checks.at_least(getattr(args, flag), minimum, "--" + flag.replace("_", "-"))
+    checks.in_range(args.lr, 0, float("inf"), "--lr", low_open=True, high_open=True)
+    checks.in_range(args.max_grad_norm, 0, float("inf"), "--max-grad-norm", low_open=True, high_open=True)
+    checks.in_range(args.ema_decay, 0, 1, "--ema-decay")
+    checks.existing_dir(args.student, "--student", what="U-Net folder", contains="config.json",
+                        hint="pass a folder written by `bksdm-edge build` or `distill` (e.g. RUN_DIR/unet)")
+    if args.resume not in (None, "latest"):
+        checks.existing_dir(args.resume, "--resume", what="checkpoint folder", contains="trainer_state.json",
+                            hint="pass --resume latest or a RUN_DIR/checkpoints/checkpoint-N folder")
+
+
 def run(args) -> int:
     from ..distill import distill
+
+    check_args(args)
 
     result = distill(config_from_args(args), command=["bksdm-edge", *sys.argv[1:]])
     if not result.is_main_process:

@@ -53,9 +53,35 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def check_args(args) -> None:
+    """Every eval option that can be checked before a model is loaded."""
+    from .. import checks
+    from ..quality.eval import METRICS
+
+    if args.resolution:
+        checks.resolution(args.model, args.resolution)
+    checks.at_least(args.resolution, 0, "--resolution", why="0 means the model's default size")
+    checks.at_least(args.resize, 0, "--resize", why="0 keeps the generated size")
+    for flag, minimum in (("steps", 1), ("batch", 1), ("limit", 1), ("seed", 0)):
+        checks.at_least(getattr(args, flag), minimum, "--" + flag)
+    checks.finite(args.guidance_scale, "--guidance-scale")
+    checks.choices([m.strip() for m in args.metrics.split(",") if m.strip()], METRICS, "--metrics")
+    checks.existing_dir(args.unet, "--unet", what="U-Net folder", contains="config.json",
+                        hint="pass a folder written by `bksdm-edge build` or `distill` (e.g. RUN_DIR/unet)")
+    checks.existing_file(args.captions, "--captions", suffixes=(".csv", ".txt"), what="caption file")
+    if args.ref is not None and args.ref.suffix.lower() == ".npz":
+        checks.existing_file(args.ref, "--ref", what="reference statistics file")
+    else:
+        checks.existing_dir(args.ref, "--ref", what="folder of reference images")
+    checks.existing_dir(args.scorer, "--scorer", what="digit scorer folder")
+    checks.output_file(args.save_ref_stats, "--save-ref-stats", suffixes=(".npz",), what="statistics file")
+    checks.output_dir(args.out, "--out")
+
+
 def run(args) -> int:
     from ..quality.eval import EvalConfig, EvalError, evaluate, save_reference_stats
 
+    check_args(args)
     if args.save_ref_stats is not None:
         if args.ref is None:
             raise EvalError("--save-ref-stats needs --ref IMAGE_FOLDER")

@@ -1,6 +1,12 @@
-"""``bksdm-edge export``: export, validate and bundle an SD model (ONNX, TFLite, Core ML)."""
+"""``bksdm-edge export``: export, validate and bundle an SD model (ONNX, TFLite, Core ML).
+
+``export/to_onnx.py`` and ``export/to_tflite.py`` are this command with the format fixed (``script_main``).
+"""
 
 from __future__ import annotations
+
+import argparse
+import sys
 
 
 def register(subparsers) -> None:
@@ -11,16 +17,44 @@ def register(subparsers) -> None:
         help="export the text encoder, U-Net and VAE to a validated ONNX/TFLite/Core ML bundle",
         description="Convert each component, validate it against PyTorch (seeded inputs and a real denoising "
         "trajectory: names, shapes, then values), and write the bundle atomically with a manifest of sha256 "
-        "hashes. A failed validation exits with code 3 and leaves OUT.failed/ (never a complete bundle).",
+        "hashes. A failed validation exits with code 3 and leaves OUT.failed/ (never a complete bundle). "
+        "--overwrite replaces only a bundle that bksdm-edge wrote (an ordinary folder is never deleted).",
     )
     add_export_args(p)
     p.set_defaults(func=run)
+
+
+def check_args(args) -> None:
+    """Every export option that can be checked without loading the model (shared with export/to_coreml.py)."""
+    from .. import checks
+
+    checks.resolution(args.model, args.height, args.width, flags=("--height", "--width"))
+    checks.existing_dir(args.unet, "--unet", what="U-Net folder", contains="config.json",
+                        hint="pass the folder written by `bksdm-edge build` or `distill` (e.g. RUN_DIR/unet)")
+    checks.output_dir(args.out, "--out")
+    if getattr(args, "calibration_prompts", None) is not None:
+        checks.text_file(args.calibration_prompts, "--calibration-prompts", what="prompt file")
+    checks.at_least(getattr(args, "calibration_steps", None), 1, "--calibration-steps")
 
 
 def run(args) -> int:
     from ..export.cli_args import request_from_args
     from ..export.pipeline import export_bundle, export_summary
 
+    check_args(args)
     path = export_bundle(request_from_args(args))
     print("\n".join(export_summary(path)))
     return 0
+
+
+def script_main(format: str, description: str, argv=None) -> int:
+    """``export/to_<format>.py``: the export command with ``--format`` fixed."""
+    from ..cli import add_console_flags, run_entry_point
+
+    def parse(argv):
+        from ..export.cli_args import add_export_args
+
+        parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+        return add_console_flags(add_export_args(parser, formats=(format,))).parse_args(argv)
+
+    return run_entry_point(sys.argv[1:] if argv is None else argv, parse, run)

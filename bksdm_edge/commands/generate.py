@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 
-
 def register(subparsers) -> None:
     from ..runtime.schedulers import SCHEDULERS  # numpy only: --help stays fast
 
@@ -21,7 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--bundle", required=True, type=Path, help="bundle folder written by `bksdm-edge export`")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default="")
-    p.add_argument("--steps", type=int, help=f"denoising steps (default per scheduler: {default_steps})")
+    p.add_argument("--steps", type=int, help=f"denoising steps, >= 1 (default per scheduler: {default_steps})")
     p.add_argument("--guidance", type=float, default=7.5,
                    help="CFG scale; <= 1 disables guidance. LCM bundles: the guidance scale the U-Net embeds")
     p.add_argument("--seed", type=int, default=0, help="seed of the portable noise stream: initial latents, then the "
@@ -29,7 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="default: the bundle's scheduler")
     p.add_argument("--latents-in", type=Path, help=".npy initial latents (1, C, h, w) instead of seeded noise")
     p.add_argument("--latents-out", type=Path, help="save the initial latents used to this .npy")
-    p.add_argument("--out", required=True, type=Path, help="output PNG")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output image (.png; .jpg/.webp/.bmp also work); missing folders are created")
     p.set_defaults(func=run)
 
 

@@ -33,12 +33,21 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from .. import checks
+    from ..export.registry import ALL_COMPONENTS
+
+    checks.resolution(args.teacher, args.resolution)
+    components = checks.choices([c.strip() for c in args.components.split(",") if c.strip()], ALL_COMPONENTS,
+                                "--components")
+    checks.unet_folder(args.unet, "--unet")
+    checks.output_file(args.json, "--json", suffixes=(".json",), what="JSON file")
+
+    from ..outputs import write_text_atomic
     from ..plans.builtin import BUILTIN_PLANS
     from ..plans.cli_args import plan_specs
     from ..profiler import format_profiles, profile_teacher_and_students
 
     specs = (list(BUILTIN_PLANS) if args.variants == "all" else []) + plan_specs(args)
-    components = [c.strip() for c in args.components.split(",") if c.strip()]
     rows = profile_teacher_and_students(
         args.teacher, list(dict.fromkeys(specs)), unet=args.unet, resolution=args.resolution, components=components
     )
@@ -50,8 +59,7 @@ def run(args) -> int:
         for r in plans:
             print(f"  {r.name}: {r.plan}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {"teacher": args.teacher, "resolution": args.resolution, "models": [r.to_json() for r in rows]}
-        args.json.write_text(json.dumps(payload, indent=2))
+        write_text_atomic(args.json, json.dumps(payload, indent=2))
         print(f"\nwrote {args.json}")
     return 0

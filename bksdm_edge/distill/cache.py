@@ -13,8 +13,6 @@ latent every step exactly as the uncached path does (same generator, same number
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..console import stream as console_stream
+from ..outputs import atomic_dir
 from ..errors import BksdmError
 from .config import DataConfig
 from .data import ImageCaptionDataset, RowSet, draw_augment, load_rows, tokenize
@@ -128,45 +128,44 @@ def build_cache(
     if not config.center_crop:
         raise CacheError("random crops cannot be cached (the cache stores center crops)")
     dtype = {"float32": np.float32, "float16": np.float16}[config.cache_dtype]
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    dataset = ImageCaptionDataset(rowset, config, model.tokenizer, seed=0)
-    n = len(rowset)
-    arrays: dict[str, np.ndarray] = {}
-    started = time.perf_counter()
-    with torch.no_grad():
-        for start in tqdm(range(0, n, batch_size), desc="caching latents", unit="batch", disable=not progress):
-            idx = list(range(start, min(n, start + batch_size)))
-            ids = tokenize(model.tokenizer, [rowset.rows[i].caption for i in idx])
-            parts = {"text": encode_text(model.text_encoder, ids)}
-            parts["moments"] = encode_moments(model.vae, torch.stack([dataset.item(i, flip=False) for i in idx]))
-            if config.random_flip:
-                parts["moments_flip"] = encode_moments(
-                    model.vae, torch.stack([dataset.item(i, flip=True) for i in idx])
-                )
-            for name, value in parts.items():
-                if name not in arrays:
-                    arrays[name] = np.lib.format.open_memmap(
-                        tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=(n, *value.shape[1:])
+    # A temporary sibling renamed into place: a cache is complete or absent, and a failed encode leaves nothing.
+    with atomic_dir(out) as tmp:
+        dataset = ImageCaptionDataset(rowset, config, model.tokenizer, seed=0)
+        n = len(rowset)
+        arrays: dict[str, np.ndarray] = {}
+        started = time.perf_counter()
+        with torch.no_grad():
+            for start in tqdm(range(0, n, batch_size), desc="caching latents", unit="batch", disable=not progress,
+                              file=console_stream()):
+                idx = list(range(start, min(n, start + batch_size)))
+                ids = tokenize(model.tokenizer, [rowset.rows[i].caption for i in idx])
+                parts = {"text": encode_text(model.text_encoder, ids)}
+                parts["moments"] = encode_moments(model.vae, torch.stack([dataset.item(i, flip=False) for i in idx]))
+                if config.random_flip:
+                    parts["moments_flip"] = encode_moments(
+                        model.vae, torch.stack([dataset.item(i, flip=True) for i in idx])
                     )
-                arrays[name][idx[0] : idx[-1] + 1] = value.float().cpu().numpy().astype(dtype)
-    for array in arrays.values():
-        array.flush()
-    del arrays
-    meta = {
-        "format": CACHE_FORMAT,
-        **_meta_key(teacher, config, rowset.fingerprint),
-        "flips": config.random_flip,
-        "dtype": config.cache_dtype,
-        "num_rows": n,
-        "skipped_rows": len(rowset.skipped),
-        "source": rowset.source,
-        "scaling_factor": model.vae.config.scaling_factor,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    (tmp / CACHE_META).write_text(json.dumps(meta, indent=1))
-    os.rename(tmp, out)
+                for name, value in parts.items():
+                    if name not in arrays:
+                        arrays[name] = np.lib.format.open_memmap(
+                            tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=(n, *value.shape[1:])
+                        )
+                    arrays[name][idx[0] : idx[-1] + 1] = value.float().cpu().numpy().astype(dtype)
+        for array in arrays.values():
+            array.flush()
+        del arrays
+        meta = {
+            "format": CACHE_FORMAT,
+            **_meta_key(teacher, config, rowset.fingerprint),
+            "flips": config.random_flip,
+            "dtype": config.cache_dtype,
+            "num_rows": n,
+            "skipped_rows": len(rowset.skipped),
+            "source": rowset.source,
+            "scaling_factor": model.vae.config.scaling_factor,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        (tmp / CACHE_META).write_text(json.dumps(meta, indent=1))
     return open_cache(out)
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..console import stream as console_stream
 from ..loading import load_model
+from ..outputs import atomic_dir
 from ..student import save_student
 from .cache import CachedDataset, build_cache, check_cache, encode_moments, encode_text, open_cache
 from .checkpoint import (
@@ -136,14 +136,12 @@ def _open_log(path: Path, resume_step: int | None):
 
 
 def _save_unet_atomic(unet, out: Path, objective: Objective | None = None, **kwargs) -> Path:
-    tmp = out.parent / f".tmp-{out.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_student(unet, tmp, **kwargs)
-    if objective is not None:
-        objective.decorate_unet_folder(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.rename(tmp, out)
+    # A temporary sibling renamed into place: a kill never leaves a half-written U-Net, and the previous one
+    # (a resumed run's) is only deleted once the new one is complete.
+    with atomic_dir(out) as tmp:
+        save_student(unet, tmp, **kwargs)
+        if objective is not None:
+            objective.decorate_unet_folder(tmp)
     return out
 
 
@@ -336,7 +334,7 @@ def distill(config: DistillConfig, *, command: list[str] | None = None) -> Disti
     images_per_step = config.batch_size * config.grad_accum * world
     micro = global_step * config.grad_accum
     batches = batch_iterator(dataset, sampler, micro, config.data.num_workers)
-    bar = tqdm(total=config.max_steps, initial=global_step, desc="distill", unit="step",
+    bar = tqdm(total=config.max_steps, initial=global_step, desc="distill", unit="step", file=console_stream(),
                disable=not (is_main and config.progress))
     last: dict[str, float] = {}
     speed = None

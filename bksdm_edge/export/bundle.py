@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import BksdmError
+from ..errors import BksdmError, OutputError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -69,52 +67,77 @@ def write_manifest(root: Path, manifest: dict[str, Any], *, complete: bool) -> P
     return path
 
 
+FAILED_NOTE = "EXPORT_FAILED.txt"
+
+
 class BundleWriter:
     """Write a bundle into a temporary sibling folder; ``commit`` renames it into place.
 
     Use as a context manager. If the block raises (or never commits), the folder is
-    moved to ``OUT.failed`` (replacing an older one) for inspection; its manifest, if any,
-    says ``"complete": false``, so it can never be mistaken for a bundle.
+    moved to ``OUT.failed`` (replacing an older one of ours) for inspection, with an
+    ``EXPORT_FAILED.txt`` note; its manifest, if any, says ``"complete": false``, so it can
+    never be mistaken for a bundle, and a previous bundle at ``OUT`` is left intact.
+
+    ``OUT`` and ``OUT.failed`` are checked when the writer is created (before any slow work):
+    ``overwrite`` replaces only a bundle this tool wrote (or the remains of a failed export);
+    an ordinary folder is refused whatever the flags (``outputs.claim``).
     """
 
     def __init__(self, out: str | Path, *, overwrite: bool = False):
+        from .. import checks
+        from ..outputs import BUNDLE, FAILED_BUNDLE, FAILED_VALIDATION, claim, is_empty_dir, kind_of
+
         self.out = Path(out).absolute()
-        if self.out.exists() and not overwrite:
-            raise BundleError(f"{self.out} already exists; pass --overwrite (overwrite=True) to replace it")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        checks.output_dir(self.out, "--out")
+        ours = (BUNDLE, FAILED_BUNDLE, FAILED_VALIDATION)
+        self.replaces = claim(self.out, ours, replace=overwrite, flag="--out", option="--overwrite")
+        # OUT.failed is replaced automatically on a failure, so it too must be ours (or absent) before we start.
+        failed = self.failed_path_for(self.out)
+        if failed.exists() and not (failed.is_dir() and (is_empty_dir(failed) or kind_of(failed, ours))):
+            raise OutputError(f"--out {self.out}: {failed.name} exists beside it and was not written by bksdm-edge; "
+                              "a failed export keeps its remains under that name, so move that folder away first")
         self.overwrite = overwrite
         self.root: Path | None = None
         self.committed = False
 
+    @staticmethod
+    def failed_path_for(out: Path) -> Path:
+        return out.with_name(out.name + ".failed")
+
     def __enter__(self) -> "BundleWriter":
-        self.root = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        from ..outputs import temp_sibling
+
+        self.root = temp_sibling(self.out)
         return self
 
     def commit(self, manifest: dict[str, Any]) -> Path:
-        """Write the complete manifest and move the bundle to its final path."""
+        """Write the complete manifest and move the bundle to its final path (replacing a bundle of ours)."""
+        from ..console import notice
+        from ..outputs import replace_dir
+
         write_manifest(self.root, manifest, complete=True)
-        if self.out.exists():
-            old = self.out.with_name(self.out.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            self.out.rename(old)
-            self.root.rename(self.out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            self.root.rename(self.out)
+        if replace_dir(self.root, self.out) and self.replaces:
+            notice(f"replaced {self.replaces}")
         self.committed = True
         return self.out
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        from ..outputs import replace_dir
+
         if self.committed or self.root is None or not self.root.exists():
             return
-        failed = self.out.with_name(self.out.name + ".failed")
-        shutil.rmtree(failed, ignore_errors=True)
         manifest = self.root / MANIFEST
         if manifest.exists():
             data = json.loads(manifest.read_text())
             data["complete"] = False
             manifest.write_text(json.dumps(data, indent=2) + "\n")
-        self.root.rename(failed)
+        reason = f"{exc_type.__name__}: {exc}" if exc_type else "the export did not finish"
+        (self.root / FAILED_NOTE).write_text(
+            f"This folder holds what a failed bksdm-edge export of {self.out.name} wrote; it is not a bundle.\n"
+            f"Reason: {reason}\nSee {VALIDATION} (if present) for the failed checks. Safe to delete; the next "
+            "failed export to the same --out replaces it.\n")
+        failed = self.failed_path_for(self.out)
+        replace_dir(self.root, failed)
         self.failed_path = failed
 
 

@@ -47,12 +47,10 @@ class ShapeConfig:
 
     def latent(self, model) -> tuple[int, int]:
         """Latent height and width; refuses sizes the VAE and the U-Net cannot both divide."""
+        from ..checks import image_size
+
         f = model.vae_scale_factor
-        if self.height % (f * 8) or self.width % (f * 8):
-            raise ExportError(
-                f"height and width must be multiples of {f * 8} (VAE factor {f} x U-Net factor 8); "
-                f"got {self.height}x{self.width}"
-            )
+        image_size(self.height, self.width, f, source=model.source)  # InputError (exit 2) naming the fix
         return self.height // f, self.width // f
 
 

@@ -119,12 +119,48 @@ def generate_images(model, captions: Sequence[Caption], out_dir: str | Path, cfg
             num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale, height=res, width=res,
         ).images
         for (_, c), img in zip(chunk, images):
-            img.save(gen_dir / c.file_name)
+            # Atomic writes: a resumed run skips existing images, so none may be half-written.
+            _save_png(img, gen_dir / c.file_name)
             if score_dir != gen_dir:
-                img.resize((cfg.resize, cfg.resize), Image.BICUBIC).save(score_dir / c.file_name)
+                _save_png(img.resize((cfg.resize, cfg.resize), Image.BICUBIC), score_dir / c.file_name)
         if log:
             log(f"generated {min(k + cfg.batch, len(todo))}/{len(todo)} ({time.time() - t0:.0f}s)")
     return score_dir
+
+
+def _save_png(img, path: Path) -> None:
+    import io
+
+    from ..outputs import write_bytes_atomic
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    write_bytes_atomic(path, buf.getvalue())
+
+
+EVAL_CONFIG = "eval_config.json"
+# What makes two runs' images the same: a resumed run must match on all of these.
+_RESUME_KEYS = ("source", "unet", "captions", "resolution", "steps", "guidance_scale", "seed", "resize")
+
+
+def claim_eval_dir(out_dir: Path, run: dict[str, Any]) -> None:
+    """``out_dir`` must be new, empty, or an eval folder of the same generation settings (then it resumes).
+
+    Writes ``eval_config.json`` (the settings) so a later run can tell. A folder of other files is refused.
+    """
+    from ..errors import OutputError
+    from ..outputs import EVAL_RUN, claim, write_text_atomic
+
+    claim(out_dir, (EVAL_RUN,), replace=True, flag="--out", option="--out")
+    marker = out_dir / EVAL_CONFIG
+    if marker.exists():
+        before = json.loads(marker.read_text())
+        changed = [k for k in _RESUME_KEYS if before.get(k) != run.get(k)]
+        if changed:
+            raise OutputError(
+                f"--out {out_dir} holds images of another eval run ({', '.join(f'{k}: {before.get(k)!r} -> {run.get(k)!r}' for k in changed)}); "
+                "its images would be mixed with these: choose a new --out")
+    write_text_atomic(marker, json.dumps(run, indent=2) + "\n")
 
 
 def load_images(paths: Sequence[Path], size: int | None = None) -> torch.Tensor:
@@ -292,6 +328,9 @@ def evaluate(source: str, captions_path: str | Path, out_dir: str | Path, cfg: E
         raise EvalError("FID needs reference statistics: pass --ref STATS.npz or --ref IMAGE_FOLDER "
                         "(or leave fid out of --metrics)")
     captions = read_captions(captions_path, cfg.limit)
+    claim_eval_dir(Path(out_dir), {
+        "source": source, "unet": str(unet) if unet else None, "captions": str(Path(captions_path).resolve()),
+        **{k: v for k, v in asdict(cfg).items() if k in _RESUME_KEYS}})
     model = load_model(source, unet=unet)
     t0 = time.time()
     score_dir = generate_images(model, captions, out_dir, cfg, log)
@@ -303,7 +342,9 @@ def evaluate(source: str, captions_path: str | Path, out_dir: str | Path, cfg: E
         "scheduler": type(model.scheduler).__name__, "generation_s": round(gen_s, 1),
         "score_s": round(time.time() - t0 - gen_s, 1), **scores,
     }
-    Path(out_dir, "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    from ..outputs import write_text_atomic
+
+    write_text_atomic(Path(out_dir, "metrics.json"), json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -312,7 +353,10 @@ def save_reference_stats(image_dir: str | Path, out_path: str | Path, feature_ex
     """Write ``mu``/``sigma`` of a folder of real images (pytorch-fid's npz format) for later ``--ref``."""
     scorers = _Scorers(feature_extractor, scorer_path)
     mu, sigma, _ = reference_stats(image_dir, scorers, size)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out_path, mu=mu, sigma=sigma)
-    return out_path
+    import io
+
+    from ..outputs import write_bytes_atomic
+
+    buf = io.BytesIO()
+    np.savez(buf, mu=mu, sigma=sigma)
+    return write_bytes_atomic(out_path, buf.getvalue())
