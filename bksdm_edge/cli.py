@@ -54,8 +54,9 @@ def run_entry_point(argv: Sequence[str], parse: Callable[[list[str]], argparse.N
     with quiet_console(enabled=not verbose) as quiet:
         console = stream()
         try:
-            # argparse writes usage errors and --help to sys.stderr/stdout: keep them on the console.
-            with contextlib.redirect_stderr(console):
+            # argparse writes its usage errors to sys.stderr: send them to the console while parsing, through a
+            # switch, so that a logging handler created meanwhile (an import) does not keep writing there.
+            with _stderr_to(console):
                 args = parse(argv)
             return int(run(args) or 0)
         except SystemExit as exit_:
@@ -72,6 +73,32 @@ def run_entry_point(argv: Sequence[str], parse: Callable[[list[str]], argparse.N
                 message = f"{message} ({hint})"
             print(f"error: {message}", file=console, flush=True)
             return code
+
+
+class _Switch:
+    """A stream that writes to ``target`` while ``on``, else to the stream it replaced."""
+
+    def __init__(self, target, fallback):
+        self.target, self.fallback, self.on = target, fallback, True
+
+    def write(self, text):
+        return (self.target if self.on else self.fallback).write(text)
+
+    def flush(self):
+        (self.target if self.on else self.fallback).flush()
+
+    def __getattr__(self, name):
+        return getattr(self.fallback, name)
+
+
+@contextlib.contextmanager
+def _stderr_to(console):
+    switch = _Switch(console, sys.stderr)
+    with contextlib.redirect_stderr(switch):
+        try:
+            yield
+        finally:
+            switch.on = False
 
 
 def _command_modules(argv: list[str] | None) -> list[str]:

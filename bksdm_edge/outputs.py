@@ -50,7 +50,7 @@ STUDENT = OutputKind("a student U-Net folder", "bksdm_edge.json", keys=("teacher
 DISTILL_RUN = OutputKind("a distillation run folder", "run_config.json")
 EVAL_RUN = OutputKind("an eval folder", "eval_config.json")
 BENCH_RUN = OutputKind("a benchmark run folder", "results.json", keys=("rows",))
-LATENT_CACHE = OutputKind("a latent cache", "meta.json", keys=("format", "num_rows"))
+LATENT_CACHE = OutputKind("a latent cache", "cache.json", keys=("format", "num_rows"))
 KINDS = (BUNDLE, FAILED_BUNDLE, FAILED_VALIDATION, STUDENT, DISTILL_RUN, EVAL_RUN, BENCH_RUN, LATENT_CACHE)
 
 

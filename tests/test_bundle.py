@@ -7,7 +7,7 @@ import pytest
 
 from _export_helpers import tiny_bundle
 from bksdm_edge.errors import OutputError
-from bksdm_edge.export.bundle import BundleError, BundleWriter, verify_bundle
+from bksdm_edge.export.bundle import REQUIRED_KEYS, BundleError, BundleWriter, verify_bundle
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_writer_is_atomic(tmp_path):
     assert not list(tmp_path.glob(".b.tmp-*"))
     with BundleWriter(out) as w:
         (w.root / "a.txt").write_text("whole")
-        w.commit({"components": {}})
+        w.commit({key: {} for key in REQUIRED_KEYS})
     assert verify_bundle(out)["files"]["a.txt"]["size"] == 5
     with pytest.raises(OutputError, match="already holds a bundle; pass --overwrite"):
         BundleWriter(out)

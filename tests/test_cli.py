@@ -1,5 +1,7 @@
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
@@ -26,3 +28,73 @@ def test_user_errors_exit_non_zero_without_traceback(tmp_path):
                            "bk-small", "--out", str(tmp_path / "s")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "Unknown built-in model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---- a quiet console: only our progress and messages reach stderr (issue 15 part 4, issue 18 "Noise") ----------
+
+ROOT = Path(__file__).resolve().parents[1]
+# Everything of ours that may appear on stderr in these runs: progress bars and the lines of `notice`.
+OUR_STDERR = ("recording pipeline inputs", "exporting ", "validating", "denoising", "replaced ")
+# What dependencies print when let through (used to prove --verbose shows it and the default does not).
+CHATTER = ("Warning", "warnings.warn", "torchao", "torchvision", "I0000", "W0000", "absl", "INFO:", "TensorFlow",
+           "XNNPACK", "copyreg", "Running MIL")
+
+
+def _console_lines(text: str) -> list[str]:
+    return [part.strip() for line in text.splitlines() for part in line.split("\r") if part.strip()]
+
+
+def _run_quiet(*args, script=None):
+    program = [str(ROOT / script)] if script else ["-m", "bksdm_edge"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # a user's shell does not set it: the quiet console must not need it
+    proc = subprocess.run([sys.executable, *program, *map(str, args)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _assert_only_ours(proc):
+    foreign = [line for line in _console_lines(proc.stderr) if not line.startswith(OUR_STDERR)]
+    assert not foreign, foreign[:10]
+    chatter = [line for line in _console_lines(proc.stdout) if any(c in line for c in CHATTER)]
+    assert not chatter, chatter[:10]
+
+
+def test_export_and_generate_print_only_our_output(tmp_path):
+    import json
+    import shutil
+
+    from _export_helpers import tiny_bundle
+
+    # An --overwrite export over a bundle of ours: quiet, and it says what it replaced.
+    bundle = tmp_path / "onnx"
+    shutil.copytree(tiny_bundle("fp32"), bundle)
+    export = _run_quiet("export", "--model", "builtin:tiny-sd", "--components", "text_encoder", "--out", bundle,
+                        "--overwrite")
+    _assert_only_ours(export)
+    lines = _console_lines(export.stderr)
+    assert any(line.startswith("exporting onnx-fp32") for line in lines)  # our progress still shows
+    assert f"replaced a bundle {bundle}" in lines
+    assert list(json.loads((bundle / "manifest.json").read_text())["components"]) == ["text_encoder"]
+    generate = _run_quiet("generate", "--bundle", tiny_bundle("fp32"), "--prompt", "a digit", "--steps", "2",
+                          "--out", tmp_path / "x.png")
+    _assert_only_ours(generate)
+    assert any(line.startswith("denoising") for line in _console_lines(generate.stderr))
+
+
+def test_export_scripts_print_only_our_output(tmp_path):
+    # One component each keeps this quick; the chatter (TF/absl C++ lines, copyreg FutureWarnings, coremltools'
+    # pass bars, torchao notices) comes from the converters' imports and first use, which one component triggers.
+    for script in ("export/to_tflite.py", "export/to_coreml.py"):
+        _assert_only_ours(_run_quiet("--model", "builtin:tiny-sd", "--components", "text_encoder", "--out",
+                                     tmp_path / script.split("_")[-1], script=script))
+
+
+def test_verbose_shows_the_dependencies_output():
+    # Profiling imports diffusers (and with it torchao's and diffusers' import notices) in seconds.
+    quiet = _run_quiet("profile", "--teacher", "builtin:tiny-sd")
+    _assert_only_ours(quiet)
+    assert quiet.stderr.strip() == ""
+    verbose = _run_quiet("profile", "--teacher", "builtin:tiny-sd", "--verbose")
+    assert any(c in verbose.stderr for c in CHATTER), verbose.stderr[-2000:]

@@ -16,7 +16,7 @@ DOWNLOADS = (
 
 
 def register(subparsers) -> None:
-    from ..quality.eval import FEATURE_EXTRACTORS, EvalConfig
+    from ..quality.eval_config import FEATURE_EXTRACTORS, EvalConfig
 
     d = EvalConfig()
     p = subparsers.add_parser(
@@ -56,7 +56,7 @@ def register(subparsers) -> None:
 def check_args(args) -> None:
     """Every eval option that can be checked before a model is loaded."""
     from .. import checks
-    from ..quality.eval import METRICS
+    from ..quality.eval_config import METRICS
 
     if args.resolution:
         checks.resolution(args.model, args.resolution)
@@ -79,9 +79,11 @@ def check_args(args) -> None:
 
 
 def run(args) -> int:
-    from ..quality.eval import EvalConfig, EvalError, evaluate, save_reference_stats
+    from ..quality.eval_config import EvalConfig
 
     check_args(args)
+
+    from ..quality.eval import EvalError, evaluate, save_reference_stats
     if args.save_ref_stats is not None:
         if args.ref is None:
             raise EvalError("--save-ref-stats needs --ref IMAGE_FOLDER")

@@ -17,6 +17,8 @@ from ..errors import BksdmError, OutputError
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 VALIDATION = "validation.json"
+# What a reader needs besides the file list (docs/bundle_format.md).
+REQUIRED_KEYS = ("format", "precision", "image", "components", "scheduler", "tokenizer")
 
 
 class BundleError(BksdmError):
@@ -165,6 +167,10 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
     if manifest.get("complete") is not True:
         raise BundleError(f"{root}: the manifest does not say the bundle is complete (its export failed or was "
                           "interrupted); export it again")
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise BundleError(f"{root}: {MANIFEST} lacks {', '.join(missing)}: it was edited or written by another tool; "
+                          "export the bundle again")
     files = manifest.get("files") or {}
     for rel, entry in files.items():
         f = root / rel

@@ -37,34 +37,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..checks import IMAGE_SUFFIXES
 from ..errors import BksdmError
 from ..metrics import feature_stats, frechet_distance
 from .digits import digit_of_caption
+from .eval_config import FEATURE_EXTRACTORS, METRICS, EvalConfig  # noqa: F401 (re-exported)
 
-FEATURE_EXTRACTORS = ("inception", "digits")
-METRICS = ("fid", "is", "clip")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 class EvalError(BksdmError, ValueError):
     """Bad evaluation inputs (caption file, reference statistics, missing metric library)."""
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Generation and scoring settings; the defaults are the paper's protocol."""
-
-    resolution: int | None = 512  # generation size; None: the model's default resolution
-    resize: int | None = 256  # images are resized to this before scoring (None: as generated)
-    steps: int = 25
-    guidance_scale: float = 7.5
-    batch: int = 4
-    seed: int = 0  # image i uses seed + i
-    limit: int | None = None  # only the first N captions
-    feature_extractor: str = "inception"
-    metrics: tuple[str, ...] = METRICS
-    clip_model: str = "ViT-g-14"
-    clip_pretrained: str = "laion2b_s34b_b88k"
 
 
 @dataclass(frozen=True)
