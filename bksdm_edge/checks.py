@@ -175,6 +175,18 @@ def existing_dir(path, flag: str, *, what: str = "folder", contains: str | None 
     return path
 
 
+def unet_folder(path, flag: str) -> Path | None:
+    """``path`` (if given) must be a diffusers U-Net folder (``config.json``), e.g. a student."""
+    return existing_dir(path, flag, what="U-Net folder", contains="config.json",
+                        hint="pass a folder written by `bksdm-edge build` or `distill` (e.g. RUN_DIR/unet)")
+
+
+def bundle_folder(path, flag: str = "--bundle") -> Path | None:
+    """``path`` (if given) must be a folder with a ``manifest.json`` (its contents are verified on loading)."""
+    return existing_dir(path, flag, what="bundle folder", contains="manifest.json",
+                        hint="pass a folder written by `bksdm-edge export`")
+
+
 def _writable_parent(path: Path, flag: str) -> None:
     """The nearest existing ancestor of ``path`` must be a folder we can write (missing folders are created)."""
     parent = path.absolute().parent

@@ -218,8 +218,7 @@ def generate(
     from .outputs import write_bytes_atomic
 
     # Everything named is checked before the bundle is loaded: a typo in --out never costs the denoising work.
-    checks.existing_dir(bundle, "--bundle", what="bundle folder", contains="manifest.json",
-                        hint="pass a folder written by `bksdm-edge export`")
+    checks.bundle_folder(bundle)
     checks.at_least(kwargs.get("steps"), 1, "--steps")
     checks.finite(kwargs.get("guidance"), "--guidance")
     checks.existing_file(latents_in, "--latents-in", suffixes=(".npy",), what="latents file")

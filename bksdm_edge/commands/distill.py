@@ -167,7 +167,10 @@ def check_data_args(args) -> None:
         if not path.exists():
             raise InputError(f"--data {args.data}: no such file or folder; pass an image folder with metadata.jsonl, "
                              "a CSV/JSONL file, or a Hugging Face dataset name")
-        checks.existing_dir(path, "--data") if path.is_dir() else checks.existing_file(path, "--data")
+        if path.is_dir():
+            checks.existing_dir(path, "--data")
+        else:
+            checks.existing_file(path, "--data")
     if args.cache_dir and Path(args.cache_dir).exists():
         checks.existing_dir(args.cache_dir, "--cache-dir", what="latent cache folder")
 
@@ -204,8 +207,8 @@ def check_args(args) -> None:
     checks.in_range(args.lr, 0, float("inf"), "--lr", low_open=True, high_open=True)
     checks.in_range(args.max_grad_norm, 0, float("inf"), "--max-grad-norm", low_open=True, high_open=True)
     checks.in_range(args.ema_decay, 0, 1, "--ema-decay")
-    checks.existing_dir(args.student, "--student", what="U-Net folder", contains="config.json",
-                        hint="pass a folder written by `bksdm-edge build` or `distill` (e.g. RUN_DIR/unet)")
+    checks.unet_folder(args.student, "--student")
+    checks.unet_folder(getattr(args, "teacher_unet", None), "--teacher-unet")
     if args.resume not in (None, "latest"):
         checks.existing_dir(args.resume, "--resume", what="checkpoint folder", contains="trainer_state.json",
                             hint="pass --resume latest or a RUN_DIR/checkpoints/checkpoint-N folder")

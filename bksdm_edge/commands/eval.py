@@ -66,8 +66,7 @@ def check_args(args) -> None:
         checks.at_least(getattr(args, flag), minimum, "--" + flag)
     checks.finite(args.guidance_scale, "--guidance-scale")
     checks.choices([m.strip() for m in args.metrics.split(",") if m.strip()], METRICS, "--metrics")
-    checks.existing_dir(args.unet, "--unet", what="U-Net folder", contains="config.json",
-                        hint="pass a folder written by `bksdm-edge build` or `distill` (e.g. RUN_DIR/unet)")
+    checks.unet_folder(args.unet, "--unet")
     checks.existing_file(args.captions, "--captions", suffixes=(".csv", ".txt"), what="caption file")
     if args.ref is not None and args.ref.suffix.lower() == ".npz":
         checks.existing_file(args.ref, "--ref", what="reference statistics file")

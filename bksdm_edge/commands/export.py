@@ -29,8 +29,7 @@ def check_args(args) -> None:
     from .. import checks
 
     checks.resolution(args.model, args.height, args.width, flags=("--height", "--width"))
-    checks.existing_dir(args.unet, "--unet", what="U-Net folder", contains="config.json",
-                        hint="pass the folder written by `bksdm-edge build` or `distill` (e.g. RUN_DIR/unet)")
+    checks.unet_folder(args.unet, "--unet")
     checks.output_dir(args.out, "--out")
     if getattr(args, "calibration_prompts", None) is not None:
         checks.text_file(args.calibration_prompts, "--calibration-prompts", what="prompt file")

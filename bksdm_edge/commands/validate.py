@@ -22,8 +22,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from .. import checks
 
-    checks.existing_dir(args.bundle, "--bundle", what="bundle folder", contains="manifest.json",
-                        hint="pass a folder written by `bksdm-edge export`")
+    checks.bundle_folder(args.bundle)
     checks.output_file(args.report, "--report", suffixes=(".json",), what="report")
 
     from ..export.pipeline import validate_bundle

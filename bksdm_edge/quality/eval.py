@@ -44,7 +44,6 @@ from .digits import digit_of_caption
 from .eval_config import FEATURE_EXTRACTORS, METRICS, EvalConfig  # noqa: F401 (re-exported)
 
 
-
 class EvalError(BksdmError, ValueError):
     """Bad evaluation inputs (caption file, reference statistics, missing metric library)."""
 
