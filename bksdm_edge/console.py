@@ -23,6 +23,7 @@ an entry point in-process (tests) leaves no trace.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import sys
 import tempfile
@@ -99,9 +100,17 @@ def quiet_console(enabled: bool = True) -> Iterator[QuietConsole | None]:
     os.close(fd)
     _console = console
     warnings.showwarning = showwarning
+    # A crash inside a native library (segfault, abort) is still reported on the console; what the library printed
+    # before it stays in the log (/tmp/bksdm-edge-*.log), which is not deleted then.
+    faulthandler_was_on = faulthandler.is_enabled()
+    faulthandler.enable(file=console)
     try:
         yield state
     finally:
+        if faulthandler_was_on:
+            faulthandler.enable(file=sys.stderr)
+        else:
+            faulthandler.disable()
         warnings.showwarning = old_showwarning
         _console = None
         with contextlib.suppress(Exception):
