@@ -14,7 +14,6 @@ the exit codes of ``bksdm_edge.errors`` -- no traceback unless ``--debug``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import pkgutil
 import sys
@@ -54,10 +53,7 @@ def run_entry_point(argv: Sequence[str], parse: Callable[[list[str]], argparse.N
     with quiet_console(enabled=not verbose) as quiet:
         console = stream()
         try:
-            # argparse writes its usage errors to sys.stderr: send them to the console while parsing, through a
-            # switch, so that a logging handler created meanwhile (an import) does not keep writing there.
-            with _stderr_to(console):
-                args = parse(argv)
+            args = parse(argv)  # argparse's usage errors reach the console: the quiet console routes by writer
             return int(run(args) or 0)
         except SystemExit as exit_:
             return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
@@ -73,32 +69,6 @@ def run_entry_point(argv: Sequence[str], parse: Callable[[list[str]], argparse.N
                 message = f"{message} ({hint})"
             print(f"error: {message}", file=console, flush=True)
             return code
-
-
-class _Switch:
-    """A stream that writes to ``target`` while ``on``, else to the stream it replaced."""
-
-    def __init__(self, target, fallback):
-        self.target, self.fallback, self.on = target, fallback, True
-
-    def write(self, text):
-        return (self.target if self.on else self.fallback).write(text)
-
-    def flush(self):
-        (self.target if self.on else self.fallback).flush()
-
-    def __getattr__(self, name):
-        return getattr(self.fallback, name)
-
-
-@contextlib.contextmanager
-def _stderr_to(console):
-    switch = _Switch(console, sys.stderr)
-    with contextlib.redirect_stderr(switch):
-        try:
-            yield
-        finally:
-            switch.on = False
 
 
 def _command_modules(argv: list[str] | None) -> list[str]:

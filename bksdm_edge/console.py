@@ -8,24 +8,32 @@ passes) interleaving ours, and C++ log lines (TensorFlow/LiteRT/absl ``I0000 ...
 
 Every entry point runs its command inside ``quiet_console()`` (unless ``--verbose``):
 
-1. File descriptor 2 -- and with it ``sys.stderr``, Python warnings, logging handlers, tqdm bars
-   and C/C++ writes of every dependency -- is pointed at a log file.
-2. Our own progress bars and messages write to ``stream()``: a duplicate of the real console.
-3. Our warnings (``BksdmWarning``, or warnings raised from the ``bksdm_edge`` package) are shown
-   on the console; other warnings follow fd 2 into the log.
+1. File descriptor 2 is pointed at a log file: C/C++ writes of every native library go there, and so
+   does everything written to ``sys.__stderr__`` or to a stream captured before the block.
+2. ``sys.stderr`` becomes a router that decides each write by who wrote it: the nearest calling frame
+   that is neither the standard library nor tqdm (which only format and print for someone else) is
+   looked up; code of this repository (the ``bksdm_edge`` package, ``export/``, ``benchmarks/``) goes
+   to the real console, anything from an installed package goes to the log. So our progress bars and
+   messages show wherever they are written from, while a dependency's print, logging record or
+   progress bar does not -- whatever it says (nothing is filtered by text).
+3. Warnings are sorted by category: ``BksdmWarning`` (ours) on the console, every other one in the log
+   (a warning a library raises from C code names our line as its caller, so the caller cannot decide).
+4. ``stream()`` is the console itself, for code that wants to name it.
 
-Nothing is filtered by message text, so nothing of ours can be hidden by accident and nothing a
-dependency adds tomorrow leaks through. The log is deleted when the command ends normally and
-kept (its path printed) when it fails unexpectedly. Everything is restored on exit, so calling
-an entry point in-process (tests) leaves no trace.
+The log is deleted when the command ends normally and kept (its path printed) when it fails
+unexpectedly. A crash in native code is still reported on the console (faulthandler). Everything is
+restored on exit, so calling an entry point in-process (tests) leaves no trace.
 """
 
 from __future__ import annotations
 
 import contextlib
 import faulthandler
+import functools
+import io
 import os
 import sys
+import sysconfig
 import tempfile
 import warnings
 from pathlib import Path
@@ -33,7 +41,9 @@ from typing import IO, Iterator
 
 from .errors import BksdmWarning
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_REPO_DIR = Path(__file__).resolve().parents[1]  # the package, and export/ and benchmarks/ beside it
+_STDLIB_DIR = Path(sysconfig.get_paths()["stdlib"]).resolve()
+_HELPERS = ("tqdm",)  # installed packages that only write on behalf of their caller
 _console: IO[str] | None = None
 
 
@@ -47,13 +57,58 @@ def notice(message: str) -> None:
     print(message, file=stream(), flush=True)
 
 
-def _is_ours(category: type, filename: str) -> bool:
-    if issubclass(category, BksdmWarning):
+@functools.lru_cache(maxsize=4096)
+def _owner(filename: str) -> bool | None:
+    """True: our code; False: a dependency's; None: a helper that writes for its caller (keep looking)."""
+    if filename.startswith("<"):  # <frozen ...>, <string>
+        return None
+    path = Path(filename).resolve()
+    parts = path.parts
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts:
+            return None if parts[parts.index(marker) + 1:][:1] in [(h,) for h in _HELPERS] else False
+    if path.is_relative_to(_REPO_DIR):
         return True
-    try:
-        return Path(filename).resolve().is_relative_to(_PACKAGE_DIR)
-    except (OSError, ValueError):
-        return False
+    if path.is_relative_to(_STDLIB_DIR):
+        return None
+    return False
+
+
+class _Router(io.TextIOBase):
+    """``sys.stderr`` in quiet mode: each write goes to the console or the log by the code that made it."""
+
+    def __init__(self, console: IO[str], log: IO[str]):
+        self._console, self._log = console, log
+
+    def _target(self) -> IO[str]:
+        frame = sys._getframe(2)
+        while frame is not None:
+            owner = _owner(frame.f_code.co_filename)
+            if owner is not None:
+                return self._console if owner else self._log
+            frame = frame.f_back
+        return self._log
+
+    def write(self, text: str) -> int:
+        return self._target().write(text)
+
+    def flush(self) -> None:
+        for s in (self._console, self._log):
+            with contextlib.suppress(Exception):
+                s.flush()
+
+    def fileno(self) -> int:
+        return self._log.fileno()  # what a dependency hands to a child process or native code: the log
+
+    def isatty(self) -> bool:
+        return self._console.isatty()
+
+    @property
+    def encoding(self) -> str:
+        return self._console.encoding
+
+    def writable(self) -> bool:
+        return True
 
 
 class QuietConsole:
@@ -88,18 +143,19 @@ def quiet_console(enabled: bool = True) -> Iterator[QuietConsole | None]:
     saved_fd = os.dup(2)
     encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
     console = os.fdopen(os.dup(2), "w", buffering=1, encoding=encoding, errors="backslashreplace")
-    old_showwarning = warnings.showwarning
-
-    def showwarning(message, category, filename, lineno, file=None, line=None):
-        if _is_ours(category, filename):
-            console.write(warnings.formatwarning(message, category, filename, lineno, line))
-        else:
-            old_showwarning(message, category, filename, lineno, file, line)
-
     os.dup2(fd, 2)
     os.close(fd)
-    _console = console
+    log = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="backslashreplace")
+    old_stderr, old_showwarning = sys.stderr, warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        # By category, not by caller: a warning raised in a library's C code shows our line as its caller.
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+        (console if issubclass(category, BksdmWarning) else log).write(text)
+
+    sys.stderr = _Router(console, log)
     warnings.showwarning = showwarning
+    _console = console
     # A crash inside a native library (segfault, abort) is still reported on the console; what the library printed
     # before it stays in the log (/tmp/bksdm-edge-*.log), which is not deleted then.
     faulthandler_was_on = faulthandler.is_enabled()
@@ -108,17 +164,19 @@ def quiet_console(enabled: bool = True) -> Iterator[QuietConsole | None]:
         yield state
     finally:
         if faulthandler_was_on:
-            faulthandler.enable(file=sys.stderr)
+            faulthandler.enable(file=old_stderr)
         else:
             faulthandler.disable()
-        warnings.showwarning = old_showwarning
         _console = None
-        with contextlib.suppress(Exception):
-            sys.stderr.flush()
+        sys.stderr, warnings.showwarning = old_stderr, old_showwarning
+        for s in (console, log):
+            with contextlib.suppress(Exception):
+                s.flush()
         os.dup2(saved_fd, 2)
         os.close(saved_fd)
-        with contextlib.suppress(Exception):
-            console.close()
+        for s in (console, log):
+            with contextlib.suppress(Exception):
+                s.close()
         if not state.keep_log:
             with contextlib.suppress(OSError):
                 state.log_path.unlink()
