@@ -98,3 +98,27 @@ def test_verbose_shows_the_dependencies_output():
     assert quiet.stderr.strip() == ""
     verbose = _run_quiet("profile", "--teacher", "builtin:tiny-sd", "--verbose")
     assert any(c in verbose.stderr for c in CHATTER), verbose.stderr[-2000:]
+
+
+def test_quiet_console_routes_by_writer(capfd):
+    import warnings
+
+    from bksdm_edge.console import quiet_console, stream
+    from bksdm_edge.errors import BksdmWarning
+
+    dependency = compile("import sys\nsys.stderr.write('dependency print\\n')\n",
+                         "/venv/lib/python3.11/site-packages/somelib/noisy.py", "exec")
+    with quiet_console() as quiet:
+        quiet.keep_log = True
+        print("our message", file=sys.stderr)
+        exec(dependency, {})
+        os.write(2, b"native log line\n")
+        warnings.warn("a dependency's deprecation", FutureWarning)
+        warnings.warn("a warning of ours", BksdmWarning)
+        print("named console", file=stream())
+    console = capfd.readouterr().err
+    log = quiet.log_path.read_text()
+    quiet.log_path.unlink()
+    assert "our message" in console and "named console" in console and "a warning of ours" in console
+    for line in ("dependency print", "native log line", "a dependency's deprecation"):
+        assert line in log and line not in console
