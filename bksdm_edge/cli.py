@@ -33,8 +33,9 @@ VERBOSE_HELP = "also show the console output of dependencies (warnings, logs, th
 def add_console_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``--verbose`` and ``--debug`` (read by ``run_entry_point``) to a parser."""
     group = parser.add_argument_group("diagnostics")
-    group.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
-    group.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    for flag, help in (("--verbose", VERBOSE_HELP), ("--debug", DEBUG_HELP)):
+        if flag not in parser._option_string_actions:  # a format may define --verbose too (Core ML: its own bars)
+            group.add_argument(flag, action="store_true", help=help)
     return parser
 
 
@@ -107,8 +108,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         module = importlib.import_module(f"{commands.__name__}.{name}")
         module.register(subparsers)
     for sub in set(subparsers.choices.values()):
-        if not any(a.dest == "debug" for a in sub._actions):
-            add_console_flags(sub)
+        add_console_flags(sub)
     return parser
 
 

@@ -111,6 +111,13 @@ class _Router(io.TextIOBase):
         return True
 
 
+def _writes_to_fd2(stream) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        return False
+
+
 class QuietConsole:
     """One ``quiet_console()`` block: ``log_path`` holds the dependencies' output; set ``keep_log``."""
 
@@ -141,8 +148,12 @@ def quiet_console(enabled: bool = True) -> Iterator[QuietConsole | None]:
     with contextlib.suppress(Exception):
         sys.stderr.flush()
     saved_fd = os.dup(2)
-    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
-    console = os.fdopen(os.dup(2), "w", buffering=1, encoding=encoding, errors="backslashreplace")
+    if _writes_to_fd2(sys.stderr):
+        encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+        console = os.fdopen(os.dup(2), "w", buffering=1, encoding=encoding, errors="backslashreplace")
+    else:  # sys.stderr was already replaced (a test's capture, an embedding program): our output keeps going there
+        console = sys.stderr
+    own_console = console is not sys.stderr
     os.dup2(fd, 2)
     os.close(fd)
     log = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="backslashreplace")
@@ -159,13 +170,12 @@ def quiet_console(enabled: bool = True) -> Iterator[QuietConsole | None]:
     # A crash inside a native library (segfault, abort) is still reported on the console; what the library printed
     # before it stays in the log (/tmp/bksdm-edge-*.log), which is not deleted then.
     faulthandler_was_on = faulthandler.is_enabled()
-    faulthandler.enable(file=console)
+    if own_console:
+        faulthandler.enable(file=console)
     try:
         yield state
     finally:
-        if faulthandler_was_on:
-            faulthandler.enable(file=old_stderr)
-        else:
+        if own_console:
             faulthandler.disable()
         _console = None
         sys.stderr, warnings.showwarning = old_stderr, old_showwarning
@@ -174,7 +184,9 @@ def quiet_console(enabled: bool = True) -> Iterator[QuietConsole | None]:
                 s.flush()
         os.dup2(saved_fd, 2)
         os.close(saved_fd)
-        for s in (console, log):
+        if own_console and faulthandler_was_on:
+            faulthandler.enable(file=2)
+        for s in (console, log) if own_console else (log,):
             with contextlib.suppress(Exception):
                 s.close()
         if not state.keep_log:

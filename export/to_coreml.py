@@ -25,6 +25,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def build_parser():
+    from bksdm_edge.commands.export import script_parser
+
+    return script_parser("coreml", __doc__)
+
+
 def main(argv=None) -> int:
     from bksdm_edge.commands.export import script_main
 

@@ -108,7 +108,8 @@ def test_quiet_console_routes_by_writer(capfd):
 
     dependency = compile("import sys\nsys.stderr.write('dependency print\\n')\n",
                          "/venv/lib/python3.11/site-packages/somelib/noisy.py", "exec")
-    with quiet_console() as quiet:
+    with quiet_console() as quiet, warnings.catch_warnings():
+        warnings.simplefilter("always")  # the suite's config ignores UserWarning/FutureWarning
         quiet.keep_log = True
         print("our message", file=sys.stderr)
         exec(dependency, {})

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
 
 def check_args(args) -> None:
-    """Every export option that can be checked without loading the model (shared with export/to_coreml.py)."""
+    """Every export option that can be checked without loading the model (the export scripts run this command)."""
     from .. import checks
 
     checks.resolution(args.model, args.height, args.width, flags=("--height", "--width"))
@@ -46,14 +46,18 @@ def run(args) -> int:
     return 0
 
 
+def script_parser(format: str, description: str) -> argparse.ArgumentParser:
+    """The parser of ``export/to_<format>.py``: the export options with ``--format`` fixed, and the console flags."""
+    from ..cli import add_console_flags
+    from ..export.cli_args import add_export_args
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return add_console_flags(add_export_args(parser, formats=(format,)))
+
+
 def script_main(format: str, description: str, argv=None) -> int:
     """``export/to_<format>.py``: the export command with ``--format`` fixed."""
-    from ..cli import add_console_flags, run_entry_point
+    from ..cli import run_entry_point
 
-    def parse(argv):
-        from ..export.cli_args import add_export_args
-
-        parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-        return add_console_flags(add_export_args(parser, formats=(format,))).parse_args(argv)
-
-    return run_entry_point(sys.argv[1:] if argv is None else argv, parse, run)
+    return run_entry_point(sys.argv[1:] if argv is None else argv,
+                           lambda args: script_parser(format, description).parse_args(args), run)

@@ -21,6 +21,10 @@ from .registry import ALL_COMPONENTS, DEFAULT_COMPONENTS, FORMAT_MODULES, format
 from .request import Calibration, ExportRequest
 
 
+# Format options that are the console flags every entry point has (``--verbose``): not added again per format.
+CONSOLE_OPTIONS = ("verbose",)
+
+
 def components_arg(text: str) -> tuple[str, ...]:
     """``--components``: a comma-separated list, or ``all``."""
     if text.strip() == "all":
@@ -94,6 +98,8 @@ def add_export_args(parser: argparse.ArgumentParser, formats: Sequence[str] | No
         title = f"{fmt} options" + (f" (with --format {fmt})" if len(formats) > 1 else "")
         group = parser.add_argument_group(title)
         for opt in options:
+            if opt.key in CONSOLE_OPTIONS:
+                continue  # the entry point's own flag (bksdm_edge.cli.add_console_flags) sets it
             if opt.flag:
                 group.add_argument(opt.cli, dest=f"option_{opt.key}", action="store_true", default=None, help=opt.help)
             else:
@@ -105,6 +111,10 @@ def add_export_args(parser: argparse.ArgumentParser, formats: Sequence[str] | No
 def request_from_args(args: argparse.Namespace) -> ExportRequest:
     """The ``ExportRequest`` of parsed options (checked on construction, before any model is loaded)."""
     options = {k[len("option_"):]: v for k, v in vars(args).items() if k.startswith("option_") and v is not None}
+    targets = format_targets(args.format)
+    for key in CONSOLE_OPTIONS:  # e.g. --verbose also shows coremltools' own bars and warnings
+        if getattr(args, key, False) and targets and any(o.key == key for o in targets[0].FORMAT_OPTIONS):
+            options[key] = True
     prompts = getattr(args, "calibration_prompts", None)
     return ExportRequest(
         out=args.out, model=args.model, unet=args.unet, format=args.format, precision=args.precision,
