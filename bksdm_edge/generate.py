@@ -179,9 +179,7 @@ class BundlePipeline:
         if progress:
             from tqdm.auto import tqdm
 
-            from .console import stream
-
-            timesteps = tqdm(timesteps, desc="denoising", leave=False, disable=False, file=stream())
+            timesteps = tqdm(timesteps, desc="denoising", leave=False)
         for t in timesteps:
             model_in = np.concatenate([x] * len(texts))
             model_in = sched.scale_model_input(model_in, t)

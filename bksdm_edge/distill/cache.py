@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..console import stream as console_stream
 from ..outputs import atomic_dir
 from ..errors import BksdmError
 from .config import DataConfig
@@ -135,8 +134,7 @@ def build_cache(
         arrays: dict[str, np.ndarray] = {}
         started = time.perf_counter()
         with torch.no_grad():
-            for start in tqdm(range(0, n, batch_size), desc="caching latents", unit="batch", disable=not progress,
-                              file=console_stream()):
+            for start in tqdm(range(0, n, batch_size), desc="caching latents", unit="batch", disable=not progress):
                 idx = list(range(start, min(n, start + batch_size)))
                 ids = tokenize(model.tokenizer, [rowset.rows[i].caption for i in idx])
                 parts = {"text": encode_text(model.text_encoder, ids)}

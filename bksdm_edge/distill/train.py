@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..console import stream as console_stream
 from ..loading import load_model
 from ..outputs import atomic_dir
 from ..student import save_student
@@ -334,7 +333,7 @@ def distill(config: DistillConfig, *, command: list[str] | None = None) -> Disti
     images_per_step = config.batch_size * config.grad_accum * world
     micro = global_step * config.grad_accum
     batches = batch_iterator(dataset, sampler, micro, config.data.num_workers)
-    bar = tqdm(total=config.max_steps, initial=global_step, desc="distill", unit="step", file=console_stream(),
+    bar = tqdm(total=config.max_steps, initial=global_step, desc="distill", unit="step",
                disable=not (is_main and config.progress))
     last: dict[str, float] = {}
     speed = None
