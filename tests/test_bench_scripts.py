@@ -27,7 +27,7 @@ def test_train_bench_cached_run_in_two_children(tmp_path):
 
     tb = _script("train_bench")
     data = make_synthetic_folder(tmp_path / "data", rows=4, size=64)
-    run = tb.TrainRun.make("smoke", "builtin:tiny-sd", "bk-small", 32, 2, cached=True, steps=1, warmup=1, threads=1)
+    run = tb.TrainRun.make("smoke", "builtin:tiny-sd", "bk-small", 64, 2, cached=True, steps=1, warmup=1, threads=1)
     assert tb.TrainRun.from_json(json.loads(json.dumps(run.to_json()))) == run
     row = tb.measure(run, data, tmp_path)
     assert row["ok"], row.get("error")
@@ -35,7 +35,7 @@ def test_train_bench_cached_run_in_two_children(tmp_path):
     assert set(committed) - {"error", "oom", "peak_cuda_mb", "gpu"} <= set(row)
     assert row["mixed_precision"] == "no" and row["batch_size"] == 2 and row["images_per_s"] > 0
     assert 200 < row["peak_rss_mb"] < 4000 and 200 < row["cache_peak_rss_mb"] < 4000 and row["cache_rows"] == 4
-    assert "| smoke | yes | cpu | 2 | 32 |" in tb.to_markdown({"cpu": "test"}, [row], "cmd")
+    assert "| smoke | yes | cpu | 2 | 64 |" in tb.to_markdown({"cpu": "test"}, [row], "cmd")
 
 
 @pytest.mark.slow

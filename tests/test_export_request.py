@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from _export_helpers import tiny_bundle
+from bksdm_edge.errors import InputError
 from bksdm_edge.export.base import ExportError
 from bksdm_edge.export.bundle import read_manifest
 from bksdm_edge.export.cli_args import add_export_args, request_from_args
@@ -62,7 +63,7 @@ def test_only_the_unet_gets_the_requested_batch(tiny_model):
     assert {c: s.batch for c, s in shapes.items()} == {"text_encoder": 1, "unet": 2, "vae_decoder": 1,
                                                       "vae_encoder": 1}
     assert {(s.height, s.width) for s in shapes.values()} == {(128, 64)}  # width: the native 64 px of tiny-sd
-    with pytest.raises(ExportError, match="multiples of 64"):
+    with pytest.raises(InputError, match="--height 100 is not a positive multiple of 64.*use 64 or 128"):
         request.replace(height=100).component_shape("unet", tiny_model)
 
 
