@@ -48,6 +48,7 @@ def test_sensitivity_measures_every_option(sensitivity):
             unet = UNet2DConditionModel.from_config(plan.student_config(BUILTINS["tiny-sd"].unet))
         assert profile_component(unet, "unet", resolution=64).macs_paper == r["macs_paper"] < costs.teacher.macs_paper
         assert 0 <= r["nmse"] and -1 <= r["cosine"] <= 1 and np.isfinite(r["psnr_db"])
+        assert r["damage"] == pytest.approx(r["nmse"] + r["guidance_nmse"]) and -1 <= r["guidance_cosine"] <= 1
     assert doc["error_inputs"] == 4
     md = (sensitivity / "sensitivity.md").read_text()
     assert "| depth.0 | down[0]+up[0,2] |" in md and "AMD" in md or "Machine:" in md
@@ -66,10 +67,10 @@ def test_search_writes_plans_within_the_budget(sensitivity, tmp_path, capsys):
         with torch.device("meta"):
             unet = UNet2DConditionModel.from_config(plan.student_config(BUILTINS["tiny-sd"].unet))
         assert profile_component(unet, "unet", resolution=64).macs_paper <= 0.6 * teacher.macs_paper
-        assert plan.meta["search"]["measured"]["nmse"] >= 0
+        assert plan.meta["search"]["measured"]["damage"] >= 0
     assert [r["name"] for r in doc["presets"]] == list(BUILTIN_PLANS)
     assert all(r["measured"] for r in doc["presets"])
-    assert doc["greedy"]["nmse_estimate"] >= doc["greedy"]["exact_best_nmse_estimate"] - 1e-12
+    assert doc["greedy"]["damage_estimate"] >= doc["greedy"]["exact_best_damage_estimate"] - 1e-12
     assert (out / "search.png").stat().st_size > 10_000
     # the searched plan builds through the normal commands
     assert main(["build", "--teacher", TEACHER, "--plan", str(out / "plan-1.yaml"), "--out", str(tmp_path / "s")]) == 0
@@ -93,13 +94,13 @@ def test_exact_search_finds_the_brute_force_optimum(sensitivity):
                 for up_attn in itertools.product((True, False), repeat=3):
                     g = Genome(removed=removed, mid=mid, depth=tuple(depth) + Genome().depth[levels:],
                                down_attention=down_attn + (True,), up_attention=(True,) + up_attn)
-                    nmse = est.nmse(g)
-                    if np.isfinite(nmse) and costs.cost(g.plan()).macs_paper <= budget[0].limit:
-                        brute.append(nmse)
-    assert best[0].nmse_estimate == pytest.approx(min(brute))
+                    damage = est.damage_of(g)
+                    if np.isfinite(damage) and costs.cost(g.plan()).macs_paper <= budget[0].limit:
+                        brute.append(damage)
+    assert best[0].damage_estimate == pytest.approx(min(brute))
     assert info["enumerated"] >= len(brute)
     greedy, steps = greedy_search(est, costs, budget)
-    assert greedy.within(budget) and greedy.nmse_estimate >= best[0].nmse_estimate - 1e-12 and steps
+    assert greedy.within(budget) and greedy.damage_estimate >= best[0].damage_estimate - 1e-12 and steps
 
 
 def test_presets_are_points_of_the_space():
@@ -169,3 +170,20 @@ def test_interleaved_latency(tmp_path):
     assert len(doc["plans"]["bk-tiny"]["student_s"]) == 4 and (tmp_path / "interleaved.json").exists()
     with pytest.raises(BksdmError, match="interleaved latency runs PyTorch fp32"):
         measure_latency(TEACHER, {}, replace(protocol, backend="onnxruntime"), 64, tmp_path)
+
+
+def test_guidance_error_sees_a_student_that_ignores_the_prompt():
+    # Without cross-attention the student cannot follow the prompt: its guidance direction is gone (NMSE 1),
+    # while the noise prediction itself may stay close.
+    from bksdm_edge.loading import load_model
+    from bksdm_edge.plans.sensitivity import ErrorProbe, ErrorProtocol
+
+    model = load_model(TEACHER)
+    probe = ErrorProbe(model, ErrorProtocol(prompts=("a red circle",), steps=2, max_inputs=6, batch=4), 64)
+    assert probe.paired and probe.count == 6
+    same = probe.compare(probe.reference)
+    assert same["nmse"] == 0 and same["guidance_nmse"] == 0 and same["damage"] == 0
+    blind = probe.reference.copy()
+    blind[1::2] = blind[0::2]  # cond prediction = uncond prediction
+    errors = probe.compare(blind)
+    assert errors["guidance_nmse"] == pytest.approx(1.0) and errors["nmse"] < errors["guidance_nmse"]

@@ -190,7 +190,7 @@ def summarise(plans, teacher, records, latency, sensitivity, cfg: EvidenceConfig
             "params_ratio": cost.params / costs.teacher.params, "macs_ratio": cost.macs_paper / costs.teacher.macs_paper,
             "latency_s": latency.get(label), "latency_ratio": (latency.get(label) / latency["teacher"])
             if latency.get(label) and latency.get("teacher") else None,
-            "nmse_estimate": est.nmse(genome_of(p["plan"])),
+            "damage_estimate": est.damage_of(genome_of(p["plan"])),
             "seeds": [r["seed"] for r in rs],
         }
         if rs:
@@ -233,7 +233,7 @@ def markdown(doc: dict[str, Any], notes: str = "") -> str:
         "fp32, batch 1, 32 px, 1 thread, the teacher and each plan timed alternately in one process, ratio of the "
         "medians (`latency/interleaved.json`).",
         "",
-        "| plan | pairs kept (teacher: down 2/2/2/2, mid full, up 3/3/3/3) | params | MACs | latency | init NMSE est. "
+        "| plan | pairs kept (teacher: down 2/2/2/2, mid full, up 3/3/3/3) | params | MACs | latency | init damage est. "
         "| prompt accuracy | Fréchet distance |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
         f"| teacher | down 2/2/2/2 \\| mid full \\| up 3/3/3/3 | 1.000 | 1.000 | 1.000 | 0 | "
@@ -245,7 +245,7 @@ def markdown(doc: dict[str, Any], notes: str = "") -> str:
         src = next((x for x in doc["rows"] if x["plan"] == r["same_as"]), r) if r["same_as"] else r
         summary = r["summary"].replace("|", "\\|")
         lines.append(f"| {name} | {summary} | {r['params_ratio']:.3f} | {r['macs_ratio']:.3f} | "
-                     f"{lat} | {r['nmse_estimate']:.3f} | {_ms(src.get('prompt_accuracy'), 3)} | "
+                     f"{lat} | {r['damage_estimate']:.3f} | {_ms(src.get('prompt_accuracy'), 3)} | "
                      f"{_ms(src.get('frechet_distance'), 1)} |")
     lines += ["", "Ratios are student / teacher (MACs: paper convention). Latency ratio: median step time / the "
               f"teacher's ({doc['teacher_latency_s'] and round(doc['teacher_latency_s'] * 1e3, 2)} ms) in the same run.",

@@ -1,9 +1,9 @@
 """Budgeted search: the plans inside a cost budget that the sensitivity data predicts hurt the teacher least.
 
-The model: a plan's cost (params, MACs) is exact (``CostModel``); its damage is the sum of the output NMSE of
-its options measured alone (``sensitivity``), and its latency the teacher's minus the sum of the options'
+The model: a plan's cost (params, MACs) is exact (``CostModel``); its damage is the sum of the damage of its
+options measured alone (``sensitivity``: noise-prediction NMSE + guidance-direction NMSE), and its latency the teacher's minus the sum of the options'
 measured savings. Both sums are estimates (effects of removals interact); the best candidates are therefore
-re-measured as whole plans (their real NMSE on the same recorded inputs) before they are proposed.
+re-measured as whole plans (their real damage on the same recorded inputs) before they are proposed.
 
 Two ways to pick, both over the same space and the same estimates (docs/plans.md explains the choice):
 
@@ -84,7 +84,11 @@ def parse_budget(text: str, teacher: dict[str, float]) -> Budget:
 
 
 class Estimates:
-    """Per-option damage (NMSE) and latency saving from a sensitivity document, summed over a genome."""
+    """Per-option damage and latency saving from a sensitivity document, summed over a genome.
+
+    Damage is the sensitivity row's ``damage`` (NMSE + guidance NMSE); a document from before the guidance error
+    existed falls back to ``nmse`` (``metric`` says which).
+    """
 
     def __init__(self, sensitivity: dict[str, Any]):
         self.doc = sensitivity
@@ -92,7 +96,8 @@ class Estimates:
         if not rows or "nmse" not in rows[0]:
             raise SearchError("the sensitivity run has no output error (it ran with --no-error); the search ranks "
                               "plans by it: rerun `plan sensitivity` with the teacher's weights")
-        self.damage = {(r["group"], r["key"]): r["nmse"] for r in rows}
+        self.metric = "damage" if all("damage" in r for r in rows) else "nmse"
+        self.damage = {(r["group"], r["key"]): r[self.metric] for r in rows}
         self.teacher_latency = sensitivity["teacher"].get("latency_s")
         self.saving = {(r["group"], r["key"]): self.teacher_latency - r["latency_s"]
                        for r in rows if self.teacher_latency and r.get("latency_s")}
@@ -100,8 +105,8 @@ class Estimates:
     def available(self, group: str, key: str) -> bool:
         return key in ("keep", stages_mid_key(0, "whole")) or (group, key) in self.damage
 
-    def nmse(self, genome: Genome) -> float:
-        """Estimated NMSE: the sum over the genome's non-default options (inf if one was not measured)."""
+    def damage_of(self, genome: Genome) -> float:
+        """Estimated damage: the sum over the genome's non-default options (inf if one was not measured)."""
         total = 0.0
         for group, key in genome.groups().items():
             if key in ("keep", stages_mid_key(0, "whole")):
@@ -131,7 +136,7 @@ class Candidate:
 
     genome: Genome
     cost: Cost
-    nmse_estimate: float
+    damage_estimate: float
     latency_estimate: float | None
     measured: dict[str, float] | None = None
     plan_name: str = ""
@@ -172,7 +177,7 @@ def exact_search(est: Estimates, costs: CostModel, budgets: list[Budget], *, kee
     numpy outer sums of per-group arrays.
     """
     best: list[tuple[float, int, Genome]] = []
-    cloud = {"macs": [], "params": [], "latency": [], "nmse": []}
+    cloud = {"macs": [], "params": [], "latency": [], "damage": []}
     enumerated = 0
     for removed in range(0, 2):
         mids = [m for m in MID_CHOICES if est.available("stages+mid", stages_mid_key(removed, m))]
@@ -189,7 +194,7 @@ def exact_search(est: Estimates, costs: CostModel, budgets: list[Budget], *, kee
                 # this level's own share: the base's stages+mid option is counted once, in the mid group
                 rows.append((("level", level, choice), sum(x.macs_paper for x in c if x),
                              sum(x.params for x in c if x), _saving(est, g) - _saving(est, base),
-                             est.nmse(g) - est.nmse(base)))
+                             est.damage_of(g) - est.damage_of(base)))
             groups.append(rows)
         mid_rows = []
         for mid in mids:
@@ -197,7 +202,7 @@ def exact_search(est: Estimates, costs: CostModel, budgets: list[Budget], *, kee
             parts = costs.part_costs(g.plan())
             other = [parts.get("mid"), parts.get("other")]
             mid_rows.append((("mid", mid), sum(x.macs_paper for x in other if x), sum(x.params for x in other if x),
-                             _saving(est, g), est.nmse(g)))
+                             _saving(est, g), est.damage_of(g)))
         groups.append(mid_rows)
         macs = params = saving = damage = np.zeros(())
         for rows in groups:
@@ -207,28 +212,28 @@ def exact_search(est: Estimates, costs: CostModel, budgets: list[Budget], *, kee
             saving = np.add.outer(saving, col(3))
             damage = np.add.outer(damage, col(4))
         latency = (est.teacher_latency - saving) if est.teacher_latency else np.full(macs.shape, np.nan)
-        values = {"macs": macs.ravel(), "params": params.ravel(), "latency": latency.ravel(), "nmse": damage.ravel()}
-        enumerated += values["nmse"].size
+        values = {"macs": macs.ravel(), "params": params.ravel(), "latency": latency.ravel(), "damage": damage.ravel()}
+        enumerated += values["damage"].size
         for k in cloud:
             cloud[k].append(values[k])
-        ok = np.isfinite(values["nmse"])
+        ok = np.isfinite(values["damage"])
         for b in budgets:
             ok &= values[b.metric] <= b.limit * (1 + 1e-12)
         idx = np.flatnonzero(ok)
-        order = idx[np.lexsort((values["macs"][idx], values["nmse"][idx]))][:keep]
+        order = idx[np.lexsort((values["macs"][idx], values["damage"][idx]))][:keep]
         shape = macs.shape
         for flat in order:
             g = base
             for rows, i in zip(groups, np.unravel_index(flat, shape)):
                 edit = rows[i][0]
                 g = _with_level(g, edit[1], edit[2]) if edit[0] == "level" else replace(g, mid=edit[1])
-            best.append((float(values["nmse"][flat]), float(values["macs"][flat]), g))
+            best.append((float(values["damage"][flat]), float(values["macs"][flat]), g))
     best.sort(key=lambda b: (b[0], b[1]))
     out = [candidate(est, costs, g) for _, _, g in best[:keep]]
-    for c, (nmse, macs, _) in zip(out, best):
-        if c.cost.macs_paper != int(macs) or not math.isclose(c.nmse_estimate, nmse, rel_tol=1e-9):
-            raise SearchError(f"internal: the group sums ({macs:.0f} MACs) disagree with the plan's cost "
-                              f"({c.cost.macs_paper} MACs)")
+    for c, (damage, macs, _) in zip(out, best):
+        if c.cost.macs_paper != int(macs) or not math.isclose(c.damage_estimate, damage, rel_tol=1e-9):
+            raise SearchError(f"internal: the group sums ({macs:.0f} MACs, damage {damage}) disagree with the "
+                              f"plan's ({c.cost.macs_paper} MACs, damage {c.damage_estimate})")
     cloud_arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in cloud.items()}
     return out, {"enumerated": enumerated, "cloud": cloud_arrays}
 
@@ -239,7 +244,7 @@ def _saving(est: Estimates, genome: Genome) -> float:
 
 
 def candidate(est: Estimates, costs: CostModel, genome: Genome) -> Candidate:
-    return Candidate(genome=genome, cost=costs.cost(genome.plan()), nmse_estimate=est.nmse(genome),
+    return Candidate(genome=genome, cost=costs.cost(genome.plan()), damage_estimate=est.damage_of(genome),
                      latency_estimate=est.latency(genome))
 
 
@@ -271,9 +276,9 @@ def greedy_search(est: Estimates, costs: CostModel, budgets: list[Budget]) -> tu
         for g in neighbours(est, current.genome):
             c = candidate(est, costs, g)
             saved = (current.metric(primary) or 0) - (c.metric(primary) or 0)
-            if saved <= 0 or not math.isfinite(c.nmse_estimate):
+            if saved <= 0 or not math.isfinite(c.damage_estimate):
                 continue
-            rate = (c.nmse_estimate - current.nmse_estimate) / saved
+            rate = (c.damage_estimate - current.damage_estimate) / saved
             if rate < best_rate:
                 best, best_rate = c, rate
         if best is None:
@@ -339,8 +344,9 @@ def run_search(sensitivity: dict[str, Any], config: SearchConfig, out_dir: str |
                           f"({costs.teacher.macs_paper} vs {teacher_row['macs_paper']} MACs)")
     # 1. Both searches on the estimates.
     exact, info = exact_search(est, costs, budgets, keep=max(config.candidates, config.top))
+    exact_best = exact[0] if exact else None  # by estimate; the candidates are re-sorted once measured
     greedy, greedy_steps = greedy_search(est, costs, budgets)
-    picked = exact if config.method == "exact" else ([greedy] if greedy else [])
+    picked = list(exact) if config.method == "exact" else ([greedy] if greedy else [])
     if not picked:
         raise SearchError(f"no plan in the searched space satisfies {', '.join(b.text for b in budgets)} (the "
                           f"smallest MACs reachable: {info['cloud']['macs'].min() / teacher_row['macs_paper']:.3f} of "
@@ -366,7 +372,7 @@ def run_search(sensitivity: dict[str, Any], config: SearchConfig, out_dir: str |
             c.measured = probe.measure(c.genome.plan())
         for _, c in presets:
             c.measured = probe.measure(c.genome.plan())
-        picked.sort(key=lambda c: (c.measured["nmse"], c.cost.macs_paper))
+        picked.sort(key=lambda c: (c.measured[est.metric], c.cost.macs_paper))
     # 4. Name and write the proposals.
     slug = _budget_slug(budgets)
     out = Path(out_dir)
@@ -391,9 +397,9 @@ def run_search(sensitivity: dict[str, Any], config: SearchConfig, out_dir: str |
                       for i, c in enumerate(proposals, 1)],
         "candidates": [_record(c, costs, budgets, config, teacher_src, greedy) for c in picked],
         "greedy": {"steps": greedy_steps, "plan": greedy and greedy.genome.plan("greedy").to_dict(),
-                   "nmse_estimate": greedy and greedy.nmse_estimate,
-                   "matches_exact_best": bool(greedy and exact and greedy.genome == exact[0].genome),
-                   "exact_best_nmse_estimate": exact[0].nmse_estimate if exact else None},
+                   "damage_estimate": greedy and greedy.damage_estimate,
+                   "matches_exact_best": bool(greedy and exact_best and greedy.genome == exact_best.genome),
+                   "exact_best_damage_estimate": exact_best.damage_estimate if exact_best else None},
         "presets": [_record(c, costs, budgets, config, teacher_src, greedy) | {"name": n} for n, c in presets],
         "machine": machine_info(),
         "wall_s": round(time.time() - started, 1),
@@ -406,7 +412,7 @@ def run_search(sensitivity: dict[str, Any], config: SearchConfig, out_dir: str |
 
 
 def _within_mask(cloud: dict[str, np.ndarray], budgets: list[Budget]) -> np.ndarray:
-    ok = np.isfinite(cloud["nmse"])
+    ok = np.isfinite(cloud["damage"])
     for b in budgets:
         ok &= cloud[b.metric] <= b.limit * (1 + 1e-12)
     return ok
@@ -421,7 +427,7 @@ def _record(c: Candidate, costs: CostModel, budgets, config, teacher_src, greedy
         "groups": {k: v for k, v in c.genome.groups().items() if v not in ("keep", stages_mid_key(0, "whole"))},
         "params": c.cost.params, "macs_paper": c.cost.macs_paper,
         "params_ratio": c.cost.params / t.params, "macs_ratio": c.cost.macs_paper / t.macs_paper,
-        "nmse_estimate": c.nmse_estimate, "latency_estimate_s": c.latency_estimate,
+        "damage_estimate": c.damage_estimate, "latency_estimate_s": c.latency_estimate,
         "measured": c.measured, "within_budget": c.within(budgets),
         "found_by": ("exact+greedy" if greedy and c.genome == greedy.genome else "exact"),
         "plan": plan.to_dict(),
@@ -436,13 +442,13 @@ def search_markdown(doc: dict[str, Any]) -> str:
         f"# Plan search: {doc['teacher']}, budget {budgets}",
         "",
         f"{doc['enumerated']:,} plans scored ({doc['within_budget']:,} within budget) at {doc['resolution']} px; "
-        f"method {doc['config']['method']}. Cost is exact; the NMSE estimate is the sum of the options' NMSE "
-        "measured alone (sensitivity)" + (", and every candidate below was then measured as a whole plan on the "
+        f"method {doc['config']['method']}. Cost is exact; the damage estimate is the sum of the options' damage "
+        "measured alone (sensitivity; damage = NMSE of the noise prediction + NMSE of the guidance direction)" + (", and every candidate below was then measured as a whole plan on the "
                                           "same recorded inputs" if measured else "") + ".",
         "",
         "| plan | pairs kept (teacher: down 2/2/2/2, mid full, up 3/3/3/3) | changes from the teacher | params | MACs "
-        "| NMSE est. | " + ("NMSE measured | PSNR dB | " if measured else "") + "within budget |",
-        "|---|---|---|---:|---:|---:|" + ("---:|---:|" if measured else "") + "---|",
+        "| damage est. | " + ("damage measured | NMSE | guidance NMSE | " if measured else "") + "within budget |",
+        "|---|---|---|---:|---:|---:|" + ("---:|---:|---:|" if measured else "") + "---|",
     ]
 
     def row(name, r):
@@ -450,8 +456,9 @@ def search_markdown(doc: dict[str, Any]) -> str:
         changes = ", ".join(f"{g}={k}" for g, k in r["groups"].items()) or "none"
         summary = r["summary"].replace("|", "\\|")
         return (f"| {name} | {summary} | {changes} | {r['params_ratio']:.3f} | {r['macs_ratio']:.3f} | "
-                f"{r['nmse_estimate']:.4f} | " + (f"{m.get('nmse', float('nan')):.4f} | {m.get('psnr_db', float('nan')):.1f} | "
-                                                if measured else "") + ("yes" if r["within_budget"] else "no") + " |")
+                f"{r['damage_estimate']:.4f} | " + (f"{m.get('damage', m.get('nmse', math.nan)):.4f} | "
+                                                    f"{m.get('nmse', math.nan):.4f} | {m.get('guidance_nmse', math.nan):.4f} | "
+                                                    if measured else "") + ("yes" if r["within_budget"] else "no") + " |")
 
     for r in doc["proposals"]:
         lines.append(row(f"**{r['plan_name']}** (`{r['file']}`)", r))
@@ -466,14 +473,19 @@ def search_markdown(doc: dict[str, Any]) -> str:
               + ". Ratios are student / teacher.", "",
               "Greedy (cheapest damage per unit of budget saved, one change at a time): "
               + (" -> ".join(g["steps"]) if g["steps"] else "no step needed")
-              + (f"; estimated NMSE {g['nmse_estimate']:.4f} vs the exact search's best {g['exact_best_nmse_estimate']:.4f}"
+              + (f"; estimated damage {g['damage_estimate']:.4f} vs the exact search's best {g['exact_best_damage_estimate']:.4f}"
                  f" ({'the same plan' if g['matches_exact_best'] else 'a different plan'})."
-                 if g["nmse_estimate"] is not None and g["exact_best_nmse_estimate"] is not None else "."), ""]
+                 if g["damage_estimate"] is not None and g["exact_best_damage_estimate"] is not None else "."), ""]
     return "\n".join(lines)
 
 
+def _measured(r: dict[str, Any]) -> float:
+    m = r["measured"]
+    return m.get("damage", m["nmse"])
+
+
 def plot_search(doc: dict[str, Any], cloud: dict[str, np.ndarray], path: Path) -> Path:
-    """Every scored plan (estimated NMSE vs the first budget's metric), the budget, presets and proposals."""
+    """Every scored plan (estimated damage vs the first budget's metric), the budget, presets and proposals."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -488,7 +500,7 @@ def plot_search(doc: dict[str, Any], cloud: dict[str, np.ndarray], path: Path) -
         return r[key] if key else (r["latency_estimate_s"] or math.nan) / ref
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    xs, ys = cloud[metric] / ref, cloud["nmse"]
+    xs, ys = cloud[metric] / ref, cloud["damage"]
     ok = np.isfinite(ys) & (ys > 0)
     ax.scatter(xs[ok], ys[ok], s=3, c="0.8", label="scored plans (estimate)", rasterized=True)
     # lower envelope: the best estimate at each cost
@@ -497,20 +509,20 @@ def plot_search(doc: dict[str, Any], cloud: dict[str, np.ndarray], path: Path) -
     ax.plot(xs[ok][order], env, c="0.5", lw=1, label="best estimate at or above this cost")
     ax.axvline(doc["budgets"][0]["limit"] / ref, c="tab:red", ls="--", lw=1, label=f"budget {doc['budgets'][0]['text']}")
     for r in doc["presets"]:
-        ax.scatter([x_of(r)], [r["nmse_estimate"]], marker="s", c="tab:blue", s=40)
-        ax.annotate(r["name"], (x_of(r), r["nmse_estimate"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        ax.scatter([x_of(r)], [r["damage_estimate"]], marker="s", c="tab:blue", s=40)
+        ax.annotate(r["name"], (x_of(r), r["damage_estimate"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
         if r.get("measured"):
-            ax.scatter([x_of(r)], [r["measured"]["nmse"]], marker="s", facecolors="none", edgecolors="tab:blue", s=40)
+            ax.scatter([x_of(r)], [_measured(r)], marker="s", facecolors="none", edgecolors="tab:blue", s=40)
     for r in doc["proposals"]:
-        ax.scatter([x_of(r)], [r["nmse_estimate"]], marker="*", c="tab:orange", s=120)
-        ax.annotate(r["plan_name"].split("-")[-1], (x_of(r), r["nmse_estimate"]), fontsize=8, xytext=(4, -10),
+        ax.scatter([x_of(r)], [r["damage_estimate"]], marker="*", c="tab:orange", s=120)
+        ax.annotate(r["plan_name"].split("-")[-1], (x_of(r), r["damage_estimate"]), fontsize=8, xytext=(4, -10),
                     textcoords="offset points")
         if r.get("measured"):
-            ax.scatter([x_of(r)], [r["measured"]["nmse"]], marker="*", facecolors="none", edgecolors="tab:orange", s=120)
+            ax.scatter([x_of(r)], [_measured(r)], marker="*", facecolors="none", edgecolors="tab:orange", s=120)
     ax.scatter([], [], marker="s", c="tab:blue", label="BK-SDM presets (filled: estimate, hollow: measured)")
     ax.scatter([], [], marker="*", c="tab:orange", s=80, label="searched plans (filled: estimate, hollow: measured)")
     ax.set_xlabel(f"{metric} / teacher" + (" (estimated)" if metric == "latency" else ""))
-    ax.set_ylabel("output NMSE of the teacher-initialised student")
+    ax.set_ylabel("damage of the teacher-initialised student (NMSE + guidance NMSE)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")

@@ -94,12 +94,24 @@ class SensitivityConfig:
                    latency=LatencyProtocol(**latency) if latency else None)
 
 
+def _nmse(actual: np.ndarray, reference: np.ndarray) -> float:
+    ref = reference.astype(np.float64)
+    return float(np.sum((actual.astype(np.float64) - ref) ** 2) / np.sum(ref**2))
+
+
 class ErrorProbe:
     """The teacher's noise predictions on recorded inputs, and the error of any plan's student on them.
 
+    Two errors, because they fail differently. ``nmse``: of the noise prediction itself, over every recorded
+    row. ``guidance_nmse``: of the guidance direction ``ε(cond) - ε(uncond)`` of each recorded classifier-free
+    guidance pair, the only part of the prediction that carries the prompt. It is small next to the noise
+    prediction, so a student that ignores the prompt (say, without cross-attention) has a small ``nmse`` but a
+    ``guidance_nmse`` near 1; the first digits evidence run, ranked by ``nmse`` alone, picked exactly such plans
+    (docs/plans.md). ``damage`` = ``nmse + guidance_nmse`` is what the search minimises.
+
     Args:
         model: the teacher ``SDModel`` with weights (U-Net, VAE, text encoder, tokenizer, scheduler).
-        protocol: how inputs are recorded.
+        protocol: how inputs are recorded (guidance > 1 records uncond/cond pairs).
         resolution: image size in pixels.
     """
 
@@ -112,13 +124,17 @@ class ErrorProbe:
         runs = [PipelineRun(prompt=p, seed=protocol.seed + i, steps=protocol.steps, components=("unet",))
                 for i, p in enumerate(protocol.prompts)]
         recordings = record_pipeline(model, resolution, resolution, runs, guidance_scale=protocol.guidance_scale)
-        rows = [row for rec in recordings for call in rec["unet"] for row in call]
-        keep = np.unique(np.linspace(0, len(rows) - 1, min(protocol.max_inputs, len(rows))).round().astype(int))
-        rows = [rows[i] for i in keep]
+        calls = [call for rec in recordings for call in rec["unet"]]
+        self.paired = all(len(call) == 2 for call in calls)  # CFG: [uncond, cond] per call
+        per_call = 2 if self.paired else 1
+        keep = np.unique(np.linspace(0, len(calls) - 1, min(max(protocol.max_inputs // per_call, 1), len(calls)))
+                         .round().astype(int))
+        rows = [row for i in keep for row in calls[i]]
+        batch = max(protocol.batch - protocol.batch % per_call, per_call)  # pairs stay in one batch
         self.inputs = [
-            tuple(torch.from_numpy(np.stack([r[k] for r in rows[i:i + protocol.batch]]))
+            tuple(torch.from_numpy(np.stack([r[k] for r in rows[i:i + batch]]))
                   for k in ("sample", "timestep", "encoder_hidden_states"))
-            for i in range(0, len(rows), protocol.batch)
+            for i in range(0, len(rows), batch)
         ]
         self.count = len(rows)
         self.reference = self._run(model.unet)
@@ -129,16 +145,25 @@ class ErrorProbe:
         with torch.no_grad():
             return np.concatenate([unet(x, t, e, return_dict=False)[0].float().numpy() for x, t, e in self.inputs])
 
-    def measure(self, plan: Plan) -> dict[str, float]:
-        """NMSE, PSNR and cosine of the teacher-initialised student of ``plan`` against the teacher."""
+    def compare(self, out: np.ndarray) -> dict[str, float]:
+        """The errors of predictions ``out`` (on this probe's inputs) against the teacher's."""
         from ..metrics import cosine, psnr
+
+        result = {"nmse": _nmse(out, self.reference), "psnr_db": psnr(self.reference, out),
+                  "cosine": cosine(self.reference, out)}
+        if self.paired:
+            guide, guide_ref = out[1::2] - out[0::2], self.reference[1::2] - self.reference[0::2]
+            result["guidance_nmse"] = _nmse(guide, guide_ref)
+            result["guidance_cosine"] = cosine(guide_ref, guide)
+        result["damage"] = result["nmse"] + result.get("guidance_nmse", 0.0)
+        return result
+
+    def measure(self, plan: Plan) -> dict[str, float]:
+        """The errors of the teacher-initialised student of ``plan`` against the teacher (see the class doc)."""
         from ..student import build_student
 
         student, _ = build_student(self.model.unet, plan)
-        out = self._run(student)
-        ref = self.reference.astype(np.float64)
-        nmse = float(np.sum((out - ref) ** 2) / np.sum(ref**2))
-        return {"nmse": nmse, "psnr_db": psnr(self.reference, out), "cosine": cosine(self.reference, out)}
+        return self.compare(self._run(student))
 
 
 def measure_latency(source: str, plans: dict[str, Plan], protocol: LatencyProtocol, resolution: int,
@@ -363,7 +388,9 @@ def sensitivity_markdown(doc: dict[str, Any]) -> str:
         lines += [f"Output error of the teacher-initialised student on {doc['error_inputs']} U-Net inputs recorded "
                   f"from {len(err['prompts'])} pipeline run(s) ({err['steps']} steps, guidance "
                   f"{err['guidance_scale']}): NMSE = |student - teacher|² / |teacher|² of the noise prediction "
-                  "(lower is better), PSNR and cosine as in the export validation.", ""]
+                  "(lower is better), PSNR and cosine of it as in the export validation; guidance NMSE and cosine "
+                  "of the guidance direction ε(cond) - ε(uncond) of each recorded pair (what carries the prompt); "
+                  "damage = NMSE + guidance NMSE (what the search minimises).", ""]
     if lat:
         how = ("the teacher and each plan timed alternately in one process, ratio of medians "
                "(`latency/interleaved.json`)" if lat.get("interleaved") else
@@ -371,14 +398,16 @@ def sensitivity_markdown(doc: dict[str, Any]) -> str:
         lines += [f"Latency: median of {lat['repeats']} after {lat['warmup']} warm-up, {lat['backend']} "
                   f"{lat['precision']}, {lat['threads']} thread(s), {how}.", ""]
     columns = ["group", "option", "params saved", "MACs saved"] + (["latency saved"] if lat else []) + (
-        ["NMSE", "PSNR dB", "cosine"] if err else [])
+        ["NMSE", "PSNR dB", "cosine", "guidance NMSE", "guidance cosine", "damage"] if err else [])
     lines += ["| " + " | ".join(columns) + " |", "|---|---|" + "---:|" * (len(columns) - 2)]
-    for r in sorted(doc["options"], key=lambda r: (r["group"], r.get("nmse", 0))):
+    for r in sorted(doc["options"], key=lambda r: (r["group"], r.get("damage", r.get("nmse", 0)))):
         cells = [r["group"], r["key"], _pct(r["params_ratio"]), _pct(r["macs_ratio"])]
         if lat:
             cells.append(_pct(r.get("latency_ratio")))
         if err:
-            cells += [_num(r.get("nmse"), ".4f"), _num(r.get("psnr_db"), ".1f"), _num(r.get("cosine"), ".4f")]
+            cells += [_num(r.get("nmse"), ".4f"), _num(r.get("psnr_db"), ".1f"), _num(r.get("cosine"), ".4f"),
+                      _num(r.get("guidance_nmse"), ".4f"), _num(r.get("guidance_cosine"), ".4f"),
+                      _num(r.get("damage"), ".4f")]
         lines.append("| " + " | ".join(cells) + " |")
     if doc["skipped"]:
         lines += ["", "Not measured, their weight maps do not fit this teacher's shapes (reasons in sensitivity.json): "
@@ -407,6 +436,7 @@ def plot_sensitivity(doc: dict[str, Any], path: Path) -> Path:
 
     rows = sorted(doc["options"], key=lambda r: (r["group"], r["key"]))
     with_error = [r for r in rows if "nmse" in r]
+    metric = "damage" if all("damage" in r for r in with_error) else "nmse"
     fig, axes = plt.subplots(1, 2 if with_error else 1, figsize=(15 if with_error else 8, max(5, 0.28 * len(rows))),
                              squeeze=False)
     ax = axes[0][0]
@@ -427,12 +457,13 @@ def plot_sensitivity(doc: dict[str, Any], path: Path) -> Path:
         colors = {"depth": "tab:blue", "attn": "tab:orange", "stages+mid": "tab:green"}
         for kind, color in colors.items():
             pts = [r for r in with_error if _group_kind(r["group"]) == kind]
-            ax.scatter([1 - r["macs_ratio"] for r in pts], [r["nmse"] for r in pts], c=color, label=kind, s=28)
+            ax.scatter([1 - r["macs_ratio"] for r in pts], [r[metric] for r in pts], c=color, label=kind, s=28)
             for r in pts:
-                ax.annotate(f"{r['group']}={r['key']}".replace("+mid-", " mid-"), (1 - r["macs_ratio"], r["nmse"]),
+                ax.annotate(f"{r['group']}={r['key']}".replace("+mid-", " mid-"), (1 - r["macs_ratio"], r[metric]),
                             fontsize=6, xytext=(3, 2), textcoords="offset points")
         ax.set_xlabel("MACs saved (paper convention)")
-        ax.set_ylabel("output NMSE vs teacher (teacher-initialised student)")
+        ax.set_ylabel(f"{'damage (NMSE + guidance NMSE)' if metric == 'damage' else 'output NMSE'} of the "
+                      "teacher-initialised student")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
