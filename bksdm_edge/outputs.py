@@ -51,7 +51,12 @@ DISTILL_RUN = OutputKind("a distillation run folder", "run_config.json")
 EVAL_RUN = OutputKind("an eval folder", "eval_config.json")
 BENCH_RUN = OutputKind("a benchmark run folder", "results.json", keys=("rows",))
 LATENT_CACHE = OutputKind("a latent cache", "cache.json", keys=("format", "num_rows"))
-KINDS = (BUNDLE, FAILED_BUNDLE, FAILED_VALIDATION, STUDENT, DISTILL_RUN, EVAL_RUN, BENCH_RUN, LATENT_CACHE)
+PLAN_SENSITIVITY = OutputKind("a plan-sensitivity result", "sensitivity.json", keys=("kind",))
+PLAN_SEARCH = OutputKind("a plan-search result", "search.json")
+PLAN_SEARCH_STARTED = OutputKind("a plan search that stopped after its sensitivity run", "sensitivity/sensitivity.json",
+                                 keys=("kind",))
+KINDS = (BUNDLE, FAILED_BUNDLE, FAILED_VALIDATION, STUDENT, DISTILL_RUN, EVAL_RUN, BENCH_RUN, LATENT_CACHE,
+         PLAN_SENSITIVITY, PLAN_SEARCH, PLAN_SEARCH_STARTED)
 
 
 def kind_of(folder: Path, kinds: Sequence[OutputKind] = KINDS) -> OutputKind | None:

@@ -317,6 +317,17 @@ CASES = [
     case("profile-unet-missing", "profile", "--unet", "{ws}/nope", needles=("--unet", "no such U-Net folder")),
     case("profile-json-is-a-folder", "profile", "--teacher", "builtin:tiny-sd", "--json", "{ws}/mine",
          needles=("--json", "is a folder")),
+    # plan
+    case("plan-show-resolution", "plan", "show", "bk-small", "--teacher", "builtin:tiny-sd", "--resolution", "100",
+         needles=("--resolution 100", "multiple of 64")),
+    case("plan-sensitivity-steps-zero", "plan", "sensitivity", "--teacher", "builtin:tiny-sd", "--steps", "0",
+         "--out", "{ws}/sens", needles=("--steps must be >= 1",)),
+    case("plan-sensitivity-prompts-missing", "plan", "sensitivity", "--teacher", "builtin:tiny-sd", "--prompts",
+         "{ws}/nope.txt", "--out", "{ws}/sens", needles=("--prompts", "no such prompt file")),
+    case("plan-sensitivity-out-user-folder", "plan", "sensitivity", "--teacher", "builtin:tiny-sd", "--out",
+         "{ws}/mine", needles=("did not write",)),
+    case("plan-search-top-zero", "plan", "search", "--teacher", "builtin:tiny-sd", "--budget", "macs=0.6", "--top",
+         "0", "--out", "{ws}/search", needles=("--top must be >= 1",)),
     # bench
     case("bench-repeats-zero", "bench", "--repeats", "0", needles=("--repeats must be >= 1",)),
     case("bench-import-missing", "bench", "--import", "{ws}/nope.json", needles=("--import", "no such results file")),
@@ -424,12 +435,15 @@ def test_marker_files_are_the_writers_constants():
     from bksdm_edge.distill.train import RUN_CONFIG
     from bksdm_edge.export.bundle import FAILED_NOTE, MANIFEST, VALIDATION
     from bksdm_edge.quality.eval import EVAL_CONFIG
+    from bksdm_edge.plans.sensitivity import SENSITIVITY_JSON
     from bksdm_edge.student import STUDENT_META
 
     assert (outputs.BUNDLE.marker, outputs.FAILED_BUNDLE.marker, outputs.FAILED_VALIDATION.marker) == \
         (MANIFEST, FAILED_NOTE, VALIDATION)
     assert (outputs.STUDENT.marker, outputs.DISTILL_RUN.marker, outputs.LATENT_CACHE.marker,
             outputs.EVAL_RUN.marker) == (STUDENT_META, RUN_CONFIG, CACHE_META, EVAL_CONFIG)
+    assert outputs.PLAN_SENSITIVITY.marker == SENSITIVITY_JSON
+    assert outputs.PLAN_SEARCH_STARTED.marker == f"sensitivity/{SENSITIVITY_JSON}"
 
 
 def test_eval_refuses_to_mix_images_of_another_run(tmp_path):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
+from ..outputs import write_text_atomic
 from .machine import machine_markdown
 from .rows import CSV_COLUMNS
 
@@ -21,11 +23,12 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _fmt(r.get(k), 6) if isinstance(r.get(k), float) else r.get(k) for k in CSV_COLUMNS})
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _fmt(r.get(k), 6) if isinstance(r.get(k), float) else r.get(k) for k in CSV_COLUMNS})
+    write_text_atomic(path, buf.getvalue())
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -110,7 +113,8 @@ def write_report(doc: dict, out_dir: Path, plots: bool = True) -> list[Path]:
     """Write every report file of a run into ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)
     rows = doc["rows"]
-    (out_dir / "results.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    # Atomic writes: a resumed run re-reads results.json, so a kill must never leave it cut.
+    write_text_atomic(out_dir / "results.json", json.dumps(doc, indent=2, default=str) + "\n")
     write_csv(rows, out_dir / "results.csv")
     plots = plot(rows, out_dir) if plots else []
     failed = [r for r in rows if r.get("error")]
@@ -129,5 +133,5 @@ def write_report(doc: dict, out_dir: Path, plots: bool = True) -> list[Path]:
         md += [f"{len(failed)} scenario(s) did not produce a timing; their `error` says why.", ""]
     if plots:
         md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
-    (out_dir / "report.md").write_text("\n".join(md))
+    write_text_atomic(out_dir / "report.md", "\n".join(md))
     return [out_dir / "results.json", out_dir / "results.csv", out_dir / "report.md", *plots]

@@ -90,6 +90,28 @@ def add_sensitivity_args(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def check_sensitivity_args(args, teacher: str | None) -> None:
+    """The sensitivity options, checked before any model is loaded (shared by `plan sensitivity` and `plan search`)."""
+    from .. import checks
+
+    if teacher:
+        checks.resolution(teacher, args.resolution)
+    for flag, minimum in (("num_prompts", 1), ("steps", 1), ("inputs", 1), ("batch", 1), ("threads", 1),
+                          ("repeats", 1), ("warmup", 0)):
+        checks.at_least(getattr(args, flag), minimum, "--" + flag.replace("_", "-"))
+    checks.finite(args.guidance, "--guidance")
+    checks.text_file(args.prompts, "--prompts", what="prompt file")
+
+
+def claim_out(out: Path, kinds) -> None:
+    """``--out`` may be new, empty, or a result folder of the same kind (rewritten): never another folder."""
+    from .. import checks
+    from ..outputs import claim
+
+    checks.output_dir(out, "--out")
+    claim(out, kinds, replace=True, flag="--out", option="--out")
+
+
 def sensitivity_config(args, teacher: str):
     from ..export.inputs import read_prompts
     from ..plans.sensitivity import ErrorProtocol, LatencyProtocol, SensitivityConfig
@@ -113,6 +135,9 @@ def run_show(args) -> int:
     from ..plans.resolve import describe_student
     from ..student import validate_plan
 
+    from .. import checks
+
+    checks.resolution(args.teacher, args.resolution)
     model = load_model(args.teacher, components=("unet", "vae"), weights=False)
     plan = validate_plan(args.spec, model.unet.config)
     if Path(args.spec).is_dir():
@@ -133,8 +158,11 @@ def run_show(args) -> int:
 
 
 def run_sensitivity_cmd(args) -> int:
+    from ..outputs import PLAN_SENSITIVITY
     from ..plans.sensitivity import run_sensitivity
 
+    check_sensitivity_args(args, args.teacher)
+    claim_out(args.out, (PLAN_SENSITIVITY,))
     doc = run_sensitivity(sensitivity_config(args, args.teacher), args.out, progress=not args.no_progress,
                           bench_cache=args.bench_cache)
     print((args.out / "sensitivity.md").read_text())
@@ -148,6 +176,13 @@ def run_search_cmd(args) -> int:
     from ..plans.search import SearchConfig, parse_budget, run_search
     from ..plans.sensitivity import load_sensitivity, run_sensitivity
 
+    from .. import checks
+    from ..outputs import PLAN_SEARCH, PLAN_SEARCH_STARTED
+
+    check_sensitivity_args(args, args.teacher if args.sensitivity is None else None)
+    checks.at_least(args.top, 1, "--top")
+    checks.at_least(args.candidates, 1, "--candidates")
+    claim_out(args.out, (PLAN_SEARCH, PLAN_SEARCH_STARTED))
     for text in args.budget:  # syntax first: the sensitivity run may take long
         parse_budget(text, {"macs_paper": 1.0, "params": 1.0, "latency_s": 1.0})
     if args.sensitivity is not None:
