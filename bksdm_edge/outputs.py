@@ -115,10 +115,29 @@ def replace_dir(new: Path, out: Path) -> bool:
 
 
 def temp_sibling(out: Path, tag: str = "tmp") -> Path:
-    """A new hidden folder next to ``out`` (same file system, so the final rename is atomic)."""
+    """A new hidden folder next to ``out`` (same file system, so the final rename is atomic).
+
+    Its name carries our process id; temporary siblings of ``out`` left by a process that no longer runs
+    (killed during a write) are deleted first, so a ``kill -9`` leaves no lasting litter.
+    """
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.{tag}-", dir=out.parent))
+    prefix = f".{out.name}.{tag}-"
+    for stale in out.parent.glob(prefix + "*"):
+        pid = stale.name[len(prefix):].split("-", 1)[0]
+        if stale.is_dir() and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=out.parent))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 @contextlib.contextmanager

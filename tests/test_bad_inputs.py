@@ -414,6 +414,21 @@ def test_failed_reexport_keeps_the_previous_bundle(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "b.failed"]  # no temporary folders left
 
 
+def test_temporary_folders_of_killed_writers_are_cleaned(tmp_path):
+    from bksdm_edge.outputs import atomic_dir
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a process id that no longer runs
+    stale = tmp_path / f".b.tmp-{dead}-abcd"
+    live = tmp_path / f".b.tmp-{os.getpid()}-efgh"  # a writer that still runs (here: this process)
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "half.bin").write_bytes(b"x")
+    with atomic_dir(tmp_path / "b") as tmp:
+        (tmp / "whole.bin").write_bytes(b"y")
+    assert not stale.exists() and live.exists() and (tmp_path / "b" / "whole.bin").exists()
+
+
 def test_claim_decides_before_any_work(tmp_path):
     from bksdm_edge.errors import OutputError
     from bksdm_edge.outputs import BUNDLE, STUDENT, claim
