@@ -13,7 +13,7 @@ Conventions (see docs/bundle_format.md):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -33,12 +33,15 @@ class TextEncoderWrapper(nn.Module):
 
 
 class UNetWrapper(nn.Module):
+    """The U-Net; a latent consistency model's also takes ``timestep_cond``, its guidance-scale embedding."""
+
     def __init__(self, unet: nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                timestep_cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.unet(sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond, return_dict=False)[0]
 
 
 class VaeDecoderWrapper(nn.Module):
@@ -75,6 +78,12 @@ class ComponentSpec:
     make_inputs: Callable[[SDModel, ShapeConfig, torch.Generator], dict[str, torch.Tensor]]
     # Dimensions that may be dynamic, per input: {input: {axis: name}}.
     dynamic_axes: dict[str, dict[int, str]]
+    # Inputs after ``input_names`` that only some models have: {input: does this model have it}.
+    optional_inputs: dict[str, Callable[[SDModel], bool]] = field(default_factory=dict)
+
+    def input_names_for(self, model: SDModel) -> tuple[str, ...]:
+        """This model's input names, in argument order (``input_names`` plus the optional inputs it has)."""
+        return self.input_names + tuple(name for name, has in self.optional_inputs.items() if has(model))
 
     def module(self, model: SDModel) -> nn.Module:
         part = getattr(model, self.needs)
@@ -93,14 +102,26 @@ def _text_inputs(model: SDModel, shape: ShapeConfig, g: torch.Generator) -> dict
     return {"input_ids": ids.to(torch.int32)}
 
 
+# An LCM U-Net is validated over the guidance scales users ask for (diffusers' convention): 1 to 16.
+SEEDED_GUIDANCE_RANGE = (1.0, 16.0)
+
+
 def _unet_inputs(model: SDModel, shape: ShapeConfig, g: torch.Generator) -> dict[str, torch.Tensor]:
+    from ..runtime.image import guidance_scale_embedding
+
     h, w = shape.latent(model)
     dim = model.unet.config.cross_attention_dim
-    return {
+    inputs = {
         "sample": torch.randn(shape.batch, _latent_channels(model), h, w, generator=g),
         "timestep": torch.randint(0, 1000, (shape.batch,), generator=g).to(torch.float32),
         "encoder_hidden_states": torch.randn(shape.batch, shape.max_length, dim, generator=g),
     }
+    if model.is_lcm:  # the embedding the runtime feeds: of w = guidance_scale - 1
+        lo, hi = SEEDED_GUIDANCE_RANGE
+        guidance = lo + (hi - lo) * torch.rand(shape.batch, generator=g, dtype=torch.float64)
+        inputs["timestep_cond"] = torch.from_numpy(
+            guidance_scale_embedding((guidance - 1.0).numpy(), model.unet.config.time_cond_proj_dim))
+    return inputs
 
 
 def _decoder_inputs(model: SDModel, shape: ShapeConfig, g: torch.Generator) -> dict[str, torch.Tensor]:
@@ -125,7 +146,8 @@ COMPONENTS: dict[str, ComponentSpec] = {
             "unet", "unet", UNetWrapper, ("sample", "timestep", "encoder_hidden_states"), ("out_sample",),
             _unet_inputs,
             {"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
-             "encoder_hidden_states": {0: "batch"}},
+             "encoder_hidden_states": {0: "batch"}, "timestep_cond": {0: "batch"}},
+            optional_inputs={"timestep_cond": lambda model: model.is_lcm},
         ),
         ComponentSpec(
             "vae_decoder", "vae", VaeDecoderWrapper, ("latent_sample",), ("sample",), _decoder_inputs,

@@ -82,7 +82,9 @@ def record_pipeline(
     for the U-Net one list of rows per call (a scheduler may call it more often than ``steps``: PNDM
     makes steps + 1 calls), for the others a flat list. The U-Net and text encoder get an unconditional
     and a conditional row per call / prompt; the VAE decoder gets the final latents divided by the
-    scaling factor; the VAE encoder gets the decoded image.
+    scaling factor; the VAE encoder gets the decoded image. A latent consistency model runs in diffusers'
+    ``LatentConsistencyModelPipeline`` (``SDModel.to_pipeline``): one conditional U-Net row per call, with
+    its ``timestep_cond`` (the embedded guidance scale).
     """
     pipe = model.to_pipeline()
     pipe.set_progress_bar_config(disable=True)
@@ -93,8 +95,11 @@ def record_pipeline(
         values = dict(zip(names, args)) | {k: kwargs[k] for k in names if k in kwargs}
         x, t, ehs = (values[k] for k in names)
         t = torch.as_tensor(t, dtype=torch.float32).reshape(-1).expand(x.shape[0])
+        cond = kwargs.get("timestep_cond")  # an LCM U-Net's guidance embedding (LatentConsistencyModelPipeline)
         calls.append([{"sample": x[i].float().numpy(), "timestep": np.float32(t[i]),
-                       "encoder_hidden_states": ehs[i].float().numpy()} for i in range(x.shape[0])])
+                       "encoder_hidden_states": ehs[i].float().numpy(),
+                       **({"timestep_cond": cond[i].float().numpy()} if cond is not None else {})}
+                      for i in range(x.shape[0])])
 
     recordings = []
     scale = model.vae.config.scaling_factor

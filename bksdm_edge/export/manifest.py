@@ -30,6 +30,9 @@ class ModelFacts:
         latent_scaling_factor: the VAE's scaling factor (0.18215 for SD-v1/v2).
         scheduler: the scheduler config (``bundle.scheduler_entry``).
         pad_token: the tokenizer's pad token (``<|endoftext|>`` for SD-v1, ``!`` for SD-v2).
+        guidance_embedding: a latent consistency model's guidance embedding: ``position`` (of its input among
+            the U-Net's canonical inputs), ``dim``, ``w``, ``scale``, ``max_period``, ``w_range`` (the guidance
+            scales it was distilled for, when known); None for other models.
     """
 
     family: str
@@ -39,6 +42,7 @@ class ModelFacts:
     latent_scaling_factor: float
     scheduler: Mapping[str, Any]
     pad_token: str
+    guidance_embedding: Mapping[str, Any] | None = None
 
 
 def tokenizer_entry(pad_token: str, max_length: int) -> dict[str, Any]:
@@ -47,6 +51,16 @@ def tokenizer_entry(pad_token: str, max_length: int) -> dict[str, Any]:
     return {"vocab": "tokenizer/vocab.json", "merges": "tokenizer/merges.txt", "max_length": max_length,
             "bos_token_id": vocab[BOS], "eos_token_id": vocab[EOS], "pad_token_id": vocab[pad_token],
             "pad_token": pad_token}
+
+
+def guidance_embedding_entry(facts: ModelFacts, components: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"guidance_embedding": ...}`` for a latent consistency model (else ``{}``): the U-Net input (by the name
+    the format gave it) that takes ``runtime.image.embedded_guidance`` of the guidance scale, and how it is made."""
+    ge = facts.guidance_embedding
+    if not ge or "unet" not in components:
+        return {}
+    entry = {k: v for k, v in ge.items() if k != "position"}
+    return {"guidance_embedding": {"input": components["unet"]["inputs"][ge["position"]]["name"], **entry}}
 
 
 def build_manifest(
@@ -88,6 +102,7 @@ def build_manifest(
         "vae_decoder_output_range": [-1, 1],
         "prediction_type": facts.scheduler.get("prediction_type", "epsilon"),
         "scheduler": dict(facts.scheduler),
+        **guidance_embedding_entry(facts, components),
         "tokenizer": tokenizer_entry(facts.pad_token, max_length),
         "components": dict(components),
         **target.manifest_section(request),

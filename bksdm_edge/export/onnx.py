@@ -357,8 +357,10 @@ class _OnnxTarget(ExportTarget):
         """optimum's diffusion layout: ``model_index.json`` naming the ONNX pipeline parts."""
         import json
 
+        # optimum's ONNX Runtime pipeline class: the latent-consistency one for a U-Net that embeds the guidance.
+        pipeline = "ORTLatentConsistencyModelPipeline" if info.get("guidance_embedding") else "ORTStableDiffusionPipeline"
         index = {
-            "_class_name": "ORTStableDiffusionPipeline",
+            "_class_name": pipeline,
             "_diffusers_version": info.get("versions", {}).get("diffusers", ""),
             "scheduler": ["diffusers", info["scheduler"]["_class_name"]],
             "tokenizer": ["transformers", "CLIPTokenizer"],

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..runtime.image import GUIDANCE_EMBEDDING_PORTED as GUIDANCE_EMBEDDING
 from ..versions import package_versions
 from .bundle import VALIDATION, BundleWriter, component_entry, read_manifest, scheduler_entry, verify_bundle
 from .manifest import ModelFacts, build_manifest
@@ -35,12 +36,20 @@ def _progress(iterable, desc: str, enabled: bool):
 
 def model_facts(model) -> ModelFacts:
     """The facts a manifest records about a loaded ``SDModel``."""
+    from .components import COMPONENTS
+
     vae = model.vae.config
+    guidance = None
+    if model.is_lcm:  # the U-Net embeds the guidance scale (runtime.image.embedded_guidance computes the input)
+        lcm = (model.info.get("student") or {}).get("lcm") or {}
+        guidance = {"position": COMPONENTS["unet"].input_names_for(model).index("timestep_cond"),
+                    "dim": model.unet.config.time_cond_proj_dim, **GUIDANCE_EMBEDDING,
+                    "w_range": lcm.get("w_range")}
     return ModelFacts(
         family=model.family, variant=(model.info.get("student") or {}).get("variant"),
         vae_scale_factor=model.vae_scale_factor, latent_channels=vae.latent_channels,
         latent_scaling_factor=vae.scaling_factor, scheduler=scheduler_entry(model.scheduler),
-        pad_token=model.tokenizer.pad_token,
+        pad_token=model.tokenizer.pad_token, guidance_embedding=guidance,
     )
 
 
@@ -91,7 +100,7 @@ def export_bundle(request: ExportRequest, *, model=None) -> Path:
             )
             report.components[name] = validate_component(
                 name, target.for_component(name), module, converted, inputs[name].validation,
-                input_names=spec.input_names, output_names=spec.output_names)
+                input_names=spec.input_names_for(model), output_names=spec.output_names)
             manifest_components[name] = component_entry(converted, root)
 
         # 4. Tokenizer, scheduler, the manifest and the format's own layout files, checked as a whole.
@@ -173,7 +182,7 @@ def validate_bundle(path: str | Path, *, model=None, progress: bool = True, repo
         )
         report.components[name] = validate_component(
             name, target.for_component(name), target.component_module(name, model), converted,
-            inputs[name].validation, input_names=spec.input_names, output_names=spec.output_names)
+            inputs[name].validation, input_names=spec.input_names_for(model), output_names=spec.output_names)
     report.bundle = target.check_layout(root, manifest)
     if report_path:
         report.save(report_path)

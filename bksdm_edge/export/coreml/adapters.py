@@ -49,6 +49,7 @@ def infer_component(input_names) -> str:
     table = {
         ("input_ids",): "text_encoder",
         ("sample", "timestep", "encoder_hidden_states"): "unet",
+        ("sample", "timestep", "encoder_hidden_states", "timestep_cond"): "unet",  # a latent consistency model
         ("latent_sample",): "vae_decoder",
         ("sample",): "vae_encoder",
     }
@@ -74,7 +75,8 @@ def find_sd_unet(module: nn.Module):
         "class embeddings": unet.class_embedding is not None,
         f"addition_embed_type={cfg.addition_embed_type}": cfg.addition_embed_type is not None,
         "encoder_hid_proj": unet.encoder_hid_proj is not None,
-        "time_embedding conditioning": cfg.timestep_post_act is not None or cfg.time_cond_proj_dim is not None,
+        # time_cond_proj_dim (an LCM's guidance embedding) is supported: it is the U-Net's timestep_cond input.
+        "time_embedding post-activation": cfg.timestep_post_act is not None,
     }
     bad = [k for k, v in unsupported.items() if v]
     if bad:

@@ -60,10 +60,11 @@ def build_unet_chunks(unet, n_up: int | None = None, example: dict[str, Any] | N
             super().__init__()
             self.unet = unet
 
-        def forward(self, sample, timestep, encoder_hidden_states):
+        def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None):
             u = self.unet
-            # 1. Time embedding, as UNet2DConditionModel.forward computes it for SD.
-            emb = u.time_embedding(u.time_proj(timestep.expand(sample.shape[0])).to(sample.dtype))
+            # 1. Time embedding, as UNet2DConditionModel.forward computes it for SD (an LCM adds its guidance
+            #    embedding, timestep_cond, through time_embedding.cond_proj).
+            emb = u.time_embedding(u.time_proj(timestep.expand(sample.shape[0])).to(sample.dtype), timestep_cond)
             # 2. Down path, collecting skips.
             h = u.conv_in(sample)
             skips = (h,)

@@ -103,6 +103,14 @@ SWIFT_MODELS: tuple[SwiftModel, ...] = (
 )
 MODELS_BY_RESOURCE = {m.resource: m for m in SWIFT_MODELS}
 
+# A latent consistency U-Net's extra input (manifest ``guidance_embedding``; symbol G = its width). Swift's pipeline
+# has no LCM scheduler at SWIFT_COMMIT and does not feed it: such a bundle needs an app that does.
+LCM_UNET_INPUT = SwiftTensor("timestep_cond", ("B", "G"), "not fed by Swift's pipeline (no LCM scheduler at "
+                             "SWIFT_COMMIT): an app running a latent consistency bundle feeds the guidance embedding")
+LCM_NOTE = ("this is a latent consistency (LCM) bundle: its U-Net also takes timestep_cond, which Apple's Swift "
+            "StableDiffusionPipeline neither feeds nor pairs with an LCM scheduler; run it with an app that does "
+            "(docs/bundle_format.md: guidance_embedding)")
+
 
 def resolve_shape(shape: tuple[str, ...], sizes: dict[str, int]) -> tuple[int, ...] | None:
     """The concrete shape of a symbolic one (None for the chunk boundary's variable list)."""
@@ -123,6 +131,8 @@ def bundle_sizes(manifest: dict[str, Any]) -> dict[str, int]:
                 sizes["D"] = t["shape"][-1]
             elif t["name"] == "encoder_hidden_states":
                 sizes["D"] = t["shape"][1] if t.get("layout") == TEXT_LAYOUT else t["shape"][-1]
+    if manifest.get("guidance_embedding"):
+        sizes["G"] = manifest["guidance_embedding"]["dim"]
     return sizes
 
 
@@ -160,9 +170,11 @@ def check_resources(resources: str | Path, manifest: dict[str, Any]) -> list[str
         problems.append("both Unet and UnetChunk1/UnetChunk2: ship one U-Net (Swift prefers the chunks)")
     sizes = bundle_sizes(manifest)
     declared = {name: spec_io(path) for name, path in packages.items() if name in MODELS_BY_RESOURCE}
+    lcm = bool(manifest.get("guidance_embedding"))
     for name, (inputs, outputs) in declared.items():
         model = MODELS_BY_RESOURCE[name]
-        for kind, have, want in (("inputs", inputs, model.inputs), ("outputs", outputs, model.outputs)):
+        want_inputs = model.inputs + ((LCM_UNET_INPUT,) if lcm and model.inputs == _UNET_INPUTS else ())
+        for kind, have, want in (("inputs", inputs, want_inputs), ("outputs", outputs, model.outputs)):
             for t in have:
                 if t.dtype != IO_DTYPE:
                     problems.append(f"{name} {kind[:-1]} {t.name!r} is {t.dtype}; Swift feeds and reads {IO_DTYPE}")

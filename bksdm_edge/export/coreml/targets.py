@@ -173,9 +173,12 @@ class CoreMLTarget(ExportTarget):
 
     @classmethod
     def bundle_notes(cls, path: Path, manifest: dict[str, Any]) -> list[str]:
+        from .contract import LCM_NOTE
+
         resources = Path(path) / RESOURCES
         return [f"on a Mac, compile once: for p in {resources}/*.mlpackage; do xcrun coremlcompiler compile "
-                f"\"$p\" {resources}/; done   (then Apple's CLI: --resource-path {resources}; docs/coreml.md)"]
+                f"\"$p\" {resources}/; done   (then Apple's CLI: --resource-path {resources}; docs/coreml.md)"] + (
+            [LCM_NOTE] if manifest.get("guidance_embedding") else [])
 
 
 def _register(row) -> type[CoreMLTarget]:
