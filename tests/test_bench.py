@@ -186,6 +186,8 @@ def test_generate_and_exported_bundle_as_model(tmp_path, tiny_model):
 
 def test_lcm_model_suffix_builds_the_few_step_architecture():
     """``bk-tiny+lcm``: the variant with a guidance embedding and LCMScheduler; its MACs are the variant's."""
+    import torch
+
     from bksdm_edge.bench.backends import PIPELINE_PARTS, load_scenario_model
     from bksdm_edge.bench.runner import paper_macs
     from bksdm_edge.bench.scenario import Scenario
@@ -195,6 +197,15 @@ def test_lcm_model_suffix_builds_the_few_step_architecture():
     model = load_scenario_model(s, PIPELINE_PARTS)
     assert model.is_lcm and type(model.scheduler).__name__ == "LCMScheduler"
     assert model.unet.config.mid_block_type is None and model.unet.config.time_cond_proj_dim == 256
+    # A never-distilled stand-in clips its x_0 estimate, so its latents stay in a trained model's range (int8
+    # calibration); unclipped, the 1/sqrt(alpha_bar) of t ~ 999 grows them step by step.
+    assert model.scheduler.config.clip_sample and model.scheduler.config.clip_sample_range == 4.0
+    pipe = model.to_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        latents = pipe("a photo", num_inference_steps=4, height=64, width=64, output_type="latent",
+                       generator=torch.Generator().manual_seed(0)).images
+    assert float(latents.abs().max()) <= 4.0 + 1e-3
     macs = paper_macs([s, Scenario(model="bk-tiny", component="unet", backend="pytorch", source="builtin:tiny-sd",
                                    resolution=64)], log=lambda m: None)
     for c, same_as in (("unet", "bk-tiny"), ("text_encoder", "teacher"), ("vae_decoder", "teacher")):

@@ -481,6 +481,13 @@ def load_scenario_model(s: Scenario, parts: tuple[str, ...]):
         from ..distill.lcm import as_lcm
 
         as_lcm(model, LcmConfig().time_cond_proj_dim)
+        if model.scheduler is not None:
+            # A timing stand-in whose U-Net was never distilled for LCM (random or epsilon weights): its x_0 estimate
+            # at t ~ 999 divides by sqrt(alpha_bar) ~ 0.07, so the latents grow to std ~17 in 4 steps and int8
+            # calibration/validation would see values no trained LCM produces. Clipping x_0 to [-4, 4] (LCMScheduler's
+            # clip_sample, one elementwise op per step; a unit-variance latent's range) keeps them in a trained model's
+            # range (std <= 3 over 4 steps, like the PNDM trajectory of the same weights); the cost is unchanged.
+            model.scheduler.register_to_config(clip_sample=True, clip_sample_range=4.0)
     return model
 
 
