@@ -78,15 +78,12 @@ def test_search_writes_plans_within_the_budget(sensitivity, tmp_path, capsys):
     assert "feature-KD pairs" in capsys.readouterr().out
 
 
-def test_exact_search_finds_the_brute_force_optimum(sensitivity):
-    doc = json.loads((sensitivity / "sensitivity.json").read_text())
-    est, costs = Estimates(doc), CostModel(BUILTINS["tiny-sd"].unet)
-    budget = [Budget("macs", 0.55 * costs.teacher.macs_paper, "macs=0.55")]
-    best, info = exact_search(est, costs, budget, keep=1)
-    # brute force over every genome the sensitivity data covers, independently of the numpy sums
+def _brute_force(est, costs, limit):
+    """(damage, genome) of every genome the sensitivity data covers within ``limit`` MACs, independently of the
+    numpy sums."""
     paper = ((0,), (0, 2))
     depth_choices = [Genome().depth[0], paper]
-    brute = []
+    out = []
     for removed, mid in itertools.product((0, 1), MID_CHOICES):
         levels = 4 - removed
         for depth in itertools.product(depth_choices, repeat=levels):
@@ -95,12 +92,48 @@ def test_exact_search_finds_the_brute_force_optimum(sensitivity):
                     g = Genome(removed=removed, mid=mid, depth=tuple(depth) + Genome().depth[levels:],
                                down_attention=down_attn + (True,), up_attention=(True,) + up_attn)
                     damage = est.damage_of(g)
-                    if np.isfinite(damage) and costs.cost(g.plan()).macs_paper <= budget[0].limit:
-                        brute.append(damage)
-    assert best[0].damage_estimate == pytest.approx(min(brute))
+                    if np.isfinite(damage) and costs.cost(g.plan()).macs_paper <= limit:
+                        out.append((damage, g))
+    return out
+
+
+@pytest.mark.parametrize("min_attention", [0, 1, 3])
+def test_exact_search_finds_the_brute_force_optimum(sensitivity, min_attention):
+    doc = json.loads((sensitivity / "sensitivity.json").read_text())
+    est, costs = Estimates(doc), CostModel(BUILTINS["tiny-sd"].unet)
+    budget = [Budget("macs", 0.55 * costs.teacher.macs_paper, "macs=0.55")]
+    best, info = exact_search(est, costs, budget, keep=1, min_attention=min_attention)
+    brute = _brute_force(est, costs, budget[0].limit)
+    allowed = [d for d, g in brute if g.attention_kept() >= min_attention]
+    assert best[0].damage_estimate == pytest.approx(min(allowed))
+    assert best[0].genome.attention_kept() >= min_attention
     assert info["enumerated"] >= len(brute)
-    greedy, steps = greedy_search(est, costs, budget)
-    assert greedy.within(budget) and greedy.damage_estimate >= best[0].damage_estimate - 1e-12 and steps
+    greedy, steps = greedy_search(est, costs, budget, min_attention=min_attention)
+    assert greedy.within(budget, min_attention) and steps
+    assert greedy.damage_estimate >= best[0].damage_estimate - 1e-12
+
+
+def test_attention_kept_counts_the_blocks_the_prompt_enters():
+    assert Genome().attention_kept() == 7  # SD-v1: down 0-2, mid, up 1-3
+    assert genome_of(BUILTIN_PLANS["bk-small"]).attention_kept() == 6  # mid block removed
+    assert genome_of(BUILTIN_PLANS["bk-tiny"]).attention_kept() == 6  # the stages it removes have no attention
+    blind = Genome(mid="none", down_attention=(False,) * 4, up_attention=(False,) * 4)
+    assert blind.attention_kept() == 0
+
+
+def test_search_cannot_propose_a_plan_blind_to_the_prompt(sensitivity, tmp_path, capsys):
+    # a floor the budget or the teacher cannot meet is refused with the flag to change
+    assert main(["plan", "search", "--sensitivity", str(sensitivity), "--budget", "macs=0.4", "--no-measure",
+                 "--min-attention", "7", "--out", str(tmp_path / "s7")]) == 2
+    assert "at least 7 block(s) with cross-attention: --min-attention" in capsys.readouterr().err
+    assert main(["plan", "search", "--sensitivity", str(sensitivity), "--budget", "macs=0.6", "--no-measure",
+                 "--min-attention", "8", "--out", str(tmp_path / "s8")]) == 2
+    assert "--min-attention 8: the teacher has 7 block(s) with cross-attention" in capsys.readouterr().err
+    # the default keeps the prompt path
+    assert main(["plan", "search", "--sensitivity", str(sensitivity), "--budget", "macs=0.6", "--no-measure",
+                 "--out", str(tmp_path / "s")]) == 0
+    doc = json.loads((tmp_path / "s" / "search.json").read_text())
+    assert doc["config"]["min_attention"] == 1 and all(r["attention_kept"] >= 1 for r in doc["proposals"])
 
 
 def test_presets_are_points_of_the_space():

@@ -56,6 +56,9 @@ def register(subparsers) -> None:
                         "repeat to combine")
     search.add_argument("--method", choices=["exact", "greedy"], default="exact",
                         help="exact: score every plan; greedy: cheapest damage per unit saved, one change at a time")
+    search.add_argument("--min-attention", type=int, default=1, metavar="N",
+                        help="propose only plans that keep at least N blocks with cross-attention (where the prompt "
+                        "enters the U-Net; 0 allows plans that ignore the prompt)")
     search.add_argument("--top", type=int, default=3, help="plan files to write")
     search.add_argument("--candidates", type=int, default=8, help="best estimates re-measured as whole plans")
     search.add_argument("--no-measure", action="store_true",
@@ -181,6 +184,7 @@ def run_search_cmd(args) -> int:
 
     check_sensitivity_args(args, args.teacher if args.sensitivity is None else None)
     checks.at_least(args.top, 1, "--top")
+    checks.at_least(args.min_attention, 0, "--min-attention")
     checks.at_least(args.candidates, 1, "--candidates")
     claim_out(args.out, (PLAN_SEARCH, PLAN_SEARCH_STARTED))
     for text in args.budget:  # syntax first: the sensitivity run may take long
@@ -198,6 +202,7 @@ def run_search_cmd(args) -> int:
     else:
         raise BksdmError("give --sensitivity RESULT (from `bksdm-edge plan sensitivity`) or --teacher SRC")
     config = SearchConfig(budgets=tuple(args.budget), method=args.method, top=args.top, candidates=args.candidates,
+                          min_attention=args.min_attention,
                           measure=not args.no_measure)
     doc = run_search(sensitivity, config, args.out)
     print((args.out / "search.md").read_text())

@@ -13,6 +13,10 @@ Two ways to pick, both over the same space and the same estimates (docs/plans.md
 - ``greedy``: from the teacher, repeatedly apply the single change that costs the least damage per unit of
   budget saved until every budget holds. Cheap for any space size, but it can stop at a worse plan (a change
   that saves a lot late can beat two small early ones); the result records whether it matched ``exact``.
+
+Both skip plans that keep fewer than ``min_attention`` blocks with cross-attention (default 1): a plan without
+one cannot see the prompt, its damage before distillation is small (the guidance term is 1 at most) and no
+distillation gives the prompt back (the digits evidence: chance accuracy at MACs 0.5 and 0.45).
 """
 
 from __future__ import annotations
@@ -144,8 +148,9 @@ class Candidate:
     def metric(self, name: str) -> float | None:
         return {"macs": self.cost.macs_paper, "params": self.cost.params, "latency": self.latency_estimate}[name]
 
-    def within(self, budgets: list[Budget]) -> bool:
-        return all((v := self.metric(b.metric)) is not None and v <= b.limit * (1 + 1e-12) for b in budgets)
+    def within(self, budgets: list[Budget], min_attention: int = 0) -> bool:
+        return self.genome.attention_kept() >= min_attention and all(
+            (v := self.metric(b.metric)) is not None and v <= b.limit * (1 + 1e-12) for b in budgets)
 
 
 def level_options(est: Estimates, level: int, removed: int) -> list[tuple[tuple, bool, bool]]:
@@ -169,22 +174,23 @@ def _with_level(genome: Genome, level: int, choice: tuple) -> Genome:
     )
 
 
-def exact_search(est: Estimates, costs: CostModel, budgets: list[Budget], *, keep: int = 8
+def exact_search(est: Estimates, costs: CostModel, budgets: list[Budget], *, keep: int = 8, min_attention: int = 0
                  ) -> tuple[list[Candidate], dict[str, Any]]:
-    """Score every combination; return the ``keep`` lowest estimated damages within budget and the whole cloud.
+    """Score every combination; return the ``keep`` lowest estimated damages within budget (keeping at least
+    ``min_attention`` blocks with cross-attention) and the whole cloud.
 
-    Costs and damages add up over groups (cost exactly: each level's modules are its own), so the totals are
-    numpy outer sums of per-group arrays.
+    Costs, damages and attention counts add up over groups (cost exactly: each level's modules are its own), so
+    the totals are numpy outer sums of per-group arrays.
     """
     best: list[tuple[float, int, Genome]] = []
-    cloud = {"macs": [], "params": [], "latency": [], "damage": []}
+    cloud = {"macs": [], "params": [], "latency": [], "damage": [], "attention": []}
     enumerated = 0
     for removed in range(0, 2):
         mids = [m for m in MID_CHOICES if est.available("stages+mid", stages_mid_key(removed, m))]
         if not mids:
             continue
         base = Genome(removed=removed)
-        groups = []  # per group: list of (genome edit, macs, params, latency saving, damage)
+        groups = []  # per group: list of (genome edit, macs, params, latency saving, damage, attention blocks)
         for level in range(T.STAGES - removed):
             rows = []
             for choice in level_options(est, level, removed):
@@ -194,7 +200,7 @@ def exact_search(est: Estimates, costs: CostModel, budgets: list[Budget], *, kee
                 # this level's own share: the base's stages+mid option is counted once, in the mid group
                 rows.append((("level", level, choice), sum(x.macs_paper for x in c if x),
                              sum(x.params for x in c if x), _saving(est, g) - _saving(est, base),
-                             est.damage_of(g) - est.damage_of(base)))
+                             est.damage_of(g) - est.damage_of(base), g.attention_kept() - base.attention_kept()))
             groups.append(rows)
         mid_rows = []
         for mid in mids:
@@ -202,24 +208,23 @@ def exact_search(est: Estimates, costs: CostModel, budgets: list[Budget], *, kee
             parts = costs.part_costs(g.plan())
             other = [parts.get("mid"), parts.get("other")]
             mid_rows.append((("mid", mid), sum(x.macs_paper for x in other if x), sum(x.params for x in other if x),
-                             _saving(est, g), est.damage_of(g)))
+                             _saving(est, g), est.damage_of(g), g.attention_kept()))
         groups.append(mid_rows)
-        macs = params = saving = damage = np.zeros(())
+        macs = params = saving = damage = attention = np.zeros(())
         for rows in groups:
             col = lambda k: np.array([r[k] for r in rows], dtype=np.float64)  # noqa: E731
             macs = np.add.outer(macs, col(1))
             params = np.add.outer(params, col(2))
             saving = np.add.outer(saving, col(3))
             damage = np.add.outer(damage, col(4))
+            attention = np.add.outer(attention, col(5))
         latency = (est.teacher_latency - saving) if est.teacher_latency else np.full(macs.shape, np.nan)
-        values = {"macs": macs.ravel(), "params": params.ravel(), "latency": latency.ravel(), "damage": damage.ravel()}
+        values = {"macs": macs.ravel(), "params": params.ravel(), "latency": latency.ravel(), "damage": damage.ravel(),
+                  "attention": attention.ravel()}
         enumerated += values["damage"].size
         for k in cloud:
             cloud[k].append(values[k])
-        ok = np.isfinite(values["damage"])
-        for b in budgets:
-            ok &= values[b.metric] <= b.limit * (1 + 1e-12)
-        idx = np.flatnonzero(ok)
+        idx = np.flatnonzero(_within_mask(values, budgets, min_attention))
         order = idx[np.lexsort((values["macs"][idx], values["damage"][idx]))][:keep]
         shape = macs.shape
         for flat in order:
@@ -266,8 +271,10 @@ def neighbours(est: Estimates, genome: Genome) -> list[Genome]:
     return out
 
 
-def greedy_search(est: Estimates, costs: CostModel, budgets: list[Budget]) -> tuple[Candidate | None, list[str]]:
-    """Apply the cheapest-damage-per-saving change until every budget holds (or nothing saves more)."""
+def greedy_search(est: Estimates, costs: CostModel, budgets: list[Budget], *, min_attention: int = 0
+                  ) -> tuple[Candidate | None, list[str]]:
+    """Apply the cheapest-damage-per-saving change (never below ``min_attention`` blocks with cross-attention)
+    until every budget holds (or nothing saves more)."""
     current = candidate(est, costs, Genome())
     primary = budgets[0].metric
     steps = []
@@ -276,7 +283,7 @@ def greedy_search(est: Estimates, costs: CostModel, budgets: list[Budget]) -> tu
         for g in neighbours(est, current.genome):
             c = candidate(est, costs, g)
             saved = (current.metric(primary) or 0) - (c.metric(primary) or 0)
-            if saved <= 0 or not math.isfinite(c.damage_estimate):
+            if saved <= 0 or not math.isfinite(c.damage_estimate) or g.attention_kept() < min_attention:
                 continue
             rate = (c.damage_estimate - current.damage_estimate) / saved
             if rate < best_rate:
@@ -302,6 +309,7 @@ class SearchConfig:
         top: plan files to write.
         candidates: best-estimated plans re-measured as whole plans (needs the teacher's weights).
         measure: re-measure candidates and presets (False: estimates only).
+        min_attention: fewest blocks with cross-attention a plan may keep (0 allows plans that ignore the prompt).
     """
 
     budgets: tuple[str, ...]
@@ -309,6 +317,7 @@ class SearchConfig:
     top: int = 3
     candidates: int = 8
     measure: bool = True
+    min_attention: int = 1
 
 
 def _budget_slug(budgets: list[Budget]) -> str:
@@ -343,14 +352,20 @@ def run_search(sensitivity: dict[str, Any], config: SearchConfig, out_dir: str |
         raise SearchError(f"the teacher {teacher_src} is not the one the sensitivity data was measured on "
                           f"({costs.teacher.macs_paper} vs {teacher_row['macs_paper']} MACs)")
     # 1. Both searches on the estimates.
-    exact, info = exact_search(est, costs, budgets, keep=max(config.candidates, config.top))
+    exact, info = exact_search(est, costs, budgets, keep=max(config.candidates, config.top),
+                               min_attention=config.min_attention)
     exact_best = exact[0] if exact else None  # by estimate; the candidates are re-sorted once measured
-    greedy, greedy_steps = greedy_search(est, costs, budgets)
+    greedy, greedy_steps = greedy_search(est, costs, budgets, min_attention=config.min_attention)
     picked = list(exact) if config.method == "exact" else ([greedy] if greedy else [])
     if not picked:
+        reachable = info["cloud"]["macs"][info["cloud"]["attention"] >= config.min_attention]
+        if not reachable.size:
+            raise SearchError(f"--min-attention {config.min_attention}: the teacher has "
+                              f"{Genome().attention_kept()} block(s) with cross-attention")
+        floor = reachable.min()
         raise SearchError(f"no plan in the searched space satisfies {', '.join(b.text for b in budgets)} (the "
-                          f"smallest MACs reachable: {info['cloud']['macs'].min() / teacher_row['macs_paper']:.3f} of "
-                          "the teacher's)")
+                          f"smallest MACs reachable: {floor / teacher_row['macs_paper']:.3f} of the teacher's, keeping "
+                          f"at least {config.min_attention} block(s) with cross-attention: --min-attention)")
     if greedy is not None and greedy.genome not in [c.genome for c in picked]:
         picked = picked + ([greedy] if config.method == "exact" else [])
     # 2. The presets on the same axes.
@@ -377,7 +392,7 @@ def run_search(sensitivity: dict[str, Any], config: SearchConfig, out_dir: str |
     slug = _budget_slug(budgets)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    proposals = [c for c in picked if c.within(budgets)][: config.top]
+    proposals = [c for c in picked if c.within(budgets, config.min_attention)][: config.top]
     for rank, c in enumerate(proposals, 1):
         c.plan_name = f"searched-{slug}-{rank}"
         plan = c.genome.plan(c.plan_name, f"searched for {', '.join(b.text for b in budgets)} on {teacher_src}")
@@ -392,7 +407,7 @@ def run_search(sensitivity: dict[str, Any], config: SearchConfig, out_dir: str |
         "teacher_cost": {k: teacher_row[k] for k in ("params", "macs_paper", "macs_full")} | {
             "latency_s": est.teacher_latency},
         "enumerated": info["enumerated"],
-        "within_budget": int(_within_mask(info["cloud"], budgets).sum()),
+        "within_budget": int(_within_mask(info["cloud"], budgets, config.min_attention).sum()),
         "proposals": [_record(c, costs, budgets, config, teacher_src, greedy) | {"file": f"plan-{i}.yaml"}
                       for i, c in enumerate(proposals, 1)],
         "candidates": [_record(c, costs, budgets, config, teacher_src, greedy) for c in picked],
@@ -411,8 +426,8 @@ def run_search(sensitivity: dict[str, Any], config: SearchConfig, out_dir: str |
     return doc
 
 
-def _within_mask(cloud: dict[str, np.ndarray], budgets: list[Budget]) -> np.ndarray:
-    ok = np.isfinite(cloud["damage"])
+def _within_mask(cloud: dict[str, np.ndarray], budgets: list[Budget], min_attention: int = 0) -> np.ndarray:
+    ok = np.isfinite(cloud["damage"]) & (cloud["attention"] >= min_attention)
     for b in budgets:
         ok &= cloud[b.metric] <= b.limit * (1 + 1e-12)
     return ok
@@ -428,6 +443,7 @@ def _record(c: Candidate, costs: CostModel, budgets, config, teacher_src, greedy
         "params": c.cost.params, "macs_paper": c.cost.macs_paper,
         "params_ratio": c.cost.params / t.params, "macs_ratio": c.cost.macs_paper / t.macs_paper,
         "damage_estimate": c.damage_estimate, "latency_estimate_s": c.latency_estimate,
+        "attention_kept": c.genome.attention_kept(),
         "measured": c.measured, "within_budget": c.within(budgets),
         "found_by": ("exact+greedy" if greedy and c.genome == greedy.genome else "exact"),
         "plan": plan.to_dict(),
@@ -442,7 +458,9 @@ def search_markdown(doc: dict[str, Any]) -> str:
         f"# Plan search: {doc['teacher']}, budget {budgets}",
         "",
         f"{doc['enumerated']:,} plans scored ({doc['within_budget']:,} within budget) at {doc['resolution']} px; "
-        f"method {doc['config']['method']}. Cost is exact; the damage estimate is the sum of the options' damage "
+        f"method {doc['config']['method']}"
+        + (f"; plans keeping fewer than {doc['config'].get('min_attention')} block(s) with cross-attention are not "
+           "proposed (they cannot see the prompt)" if doc["config"].get("min_attention") else "") + ". Cost is exact; the damage estimate is the sum of the options' damage "
         "measured alone (sensitivity; damage = NMSE of the noise prediction + NMSE of the guidance direction)" + (", and every candidate below was then measured as a whole plan on the "
                                           "same recorded inputs" if measured else "") + ".",
         "",

@@ -67,6 +67,12 @@ class Genome:
             up[mirror] = Block(u, u if T.up_has_attention(mirror) and self.up_attention[mirror] else ())
         return Plan(name=name, down=tuple(down), mid=MID_CHOICES[self.mid], up=tuple(up), description=description)
 
+    def attention_kept(self) -> int:
+        """Blocks of the plan that keep cross-attention (down stages, the mid block, up stages): the only places
+        the prompt enters the U-Net."""
+        plan = self.plan()
+        return sum(1 for b in (*plan.down, plan.mid, *plan.up) if b is not None and b.attentions)
+
     def groups(self) -> dict[str, str]:
         """The option chosen in every group (``option_key`` values); defaults included."""
         out = {"stages+mid": stages_mid_key(self.removed, self.mid)}
