@@ -35,6 +35,7 @@ from .runtime import (
     embedded_guidance,
     latents_for_decoder,
     scheduler_from_config,
+    vae_decoder_kind,
 )
 
 
@@ -87,6 +88,10 @@ class BundlePipeline:
         why = target.runtime_unavailable()
         if why:
             raise BksdmError(f"cannot run a {target.name()} bundle here: {why}")
+        try:
+            self.vae_kind = vae_decoder_kind(self.manifest)
+        except ValueError as err:
+            raise BksdmError(f"{self.root}: {err}") from err
         missing = [c for c in ("text_encoder", "unet", "vae_decoder") if c not in self.manifest["components"]]
         if missing:
             raise BksdmError(f"{self.root} has no {', '.join(missing)}; text-to-image needs text_encoder, unet and "

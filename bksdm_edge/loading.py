@@ -39,6 +39,7 @@ class SDModel:
     tokenizer: Any = None
     scheduler: Any = None
     unet_source: str | None = None
+    vae_source: str | None = None  # None: the pipeline's own VAE; else the ``--vae`` source that replaced it
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -66,6 +67,13 @@ class SDModel:
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 8
+
+    @property
+    def native_resolution(self) -> int:
+        """The image size the U-Net was built for (its sample size x the VAE factor)."""
+        if self.unet is not None:
+            return self.unet.config.sample_size * self.vae_scale_factor
+        return self.vae.config.sample_size
 
 
 def family_of_unet_config(config: Any) -> str:
@@ -254,7 +262,8 @@ def lcm_scheduler(model: SDModel, unet_dir: Path | None = None):
 
 
 def load_model(
-    src: str, *, unet: str | Path | None = None, components=COMPONENTS, dtype=torch.float32, weights: bool = True
+    src: str, *, unet: str | Path | None = None, vae: str | Path | None = None, components=COMPONENTS,
+    dtype=torch.float32, weights: bool = True,
 ) -> SDModel:
     """Load a Stable Diffusion model.
 
@@ -264,6 +273,8 @@ def load_model(
     Args:
         src: ``builtin:NAME`` (see ``builtin_names()``), a local diffusers pipeline folder, or a hub id.
         unet: optional U-Net folder (a distilled student) that replaces the pipeline's U-Net.
+        vae: optional VAE that replaces the pipeline's (``bksdm_edge.tiny_vae.load_vae``: ``tiny``, a
+            ``distill-vae`` run folder, an ``AutoencoderTiny`` folder or hub id); None or ``teacher`` keeps it.
         components: which of ``unet, vae, text_encoder, tokenizer, scheduler`` to load.
         dtype: torch dtype of the loaded weights.
         weights: False builds the modules from their configs on the meta device (profiling, planning).
@@ -272,7 +283,8 @@ def load_model(
     unknown = set(components) - set(COMPONENTS)
     if unknown:
         raise ModelSourceError(f"Unknown components {sorted(unknown)}; choose from {COMPONENTS}")
-    wanted = tuple(c for c in components if not (c == "unet" and unet is not None))
+    replace_vae = vae is not None and str(vae) != "teacher" and "vae" in components
+    wanted = tuple(c for c in components if not (c == "unet" and unet is not None) and not (c == "vae" and replace_vae))
     if src.startswith(BUILTIN_PREFIX):
         name = src[len(BUILTIN_PREFIX) :]
         if name not in BUILTINS:
@@ -286,6 +298,11 @@ def load_model(
         model.info["student"] = _student_info(src, unet)
     if model.is_lcm and model.scheduler is not None:
         model.scheduler = lcm_scheduler(model, Path(unet) if unet is not None else None)
+    if replace_vae:
+        from .tiny_vae import load_vae
+
+        model.vae, model.info["vae"] = load_vae(vae, teacher_vae_config(src), dtype=dtype, weights=weights)
+        model.vae_source = str(vae)
     return model
 
 
@@ -313,3 +330,18 @@ def _student_info(src: str, unet: str | Path) -> dict[str, Any]:
     if teacher is None:
         return {**read_student_meta(unet), "plan_note": f"the U-Net config of {src} could not be read"}
     return student_info(unet, teacher)
+
+
+def teacher_vae_config(src: str) -> dict[str, Any]:
+    """The config of the source's own VAE, read without building it (what a replacement VAE must fit)."""
+    if src.startswith(BUILTIN_PREFIX):
+        name = src[len(BUILTIN_PREFIX) :]
+        if name not in BUILTINS:
+            raise ModelSourceError(f"Unknown built-in model {src!r}; choose from {', '.join(builtin_names())}")
+        return dict(BUILTINS[name].vae)
+    from diffusers import AutoencoderKL
+
+    try:
+        return dict(AutoencoderKL.load_config(src, subfolder="vae"))
+    except OSError as err:
+        raise ModelSourceError(f"Could not read the VAE config of {src!r}: {err}") from err

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 NORM_TYPES = (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d, nn.InstanceNorm2d)
+# The submodules of a VAE that make up each exported half.
+VAE_HALVES = {"vae_decoder": ("post_quant_conv", "decoder"), "vae_encoder": ("encoder", "quant_conv")}
 
 
 @dataclass
@@ -166,15 +168,14 @@ def profile_component(
     """Profile one component (``unet``, ``text_encoder``, ``vae_decoder``, ``vae_encoder``).
 
     The model may live on any device; it is profiled with meta tensors so no real compute is done.
-    For ``vae_decoder``/``vae_encoder`` pass the whole ``AutoencoderKL``; params count only that half.
+    For ``vae_decoder``/``vae_encoder`` pass the whole VAE (``AutoencoderKL`` or ``AutoencoderTiny``); params count
+    only that half.
     """
     meta_model = to_meta(model)
     args, _ = _component_inputs(component, meta_model, resolution, vae_factor, batch)
     counted = meta_model
-    if component == "vae_decoder":
-        counted = nn.ModuleList([meta_model.post_quant_conv, meta_model.decoder])
-    elif component == "vae_encoder":
-        counted = nn.ModuleList([meta_model.encoder, meta_model.quant_conv])
+    if component in VAE_HALVES:  # AutoencoderKL has the 1x1 quant convs, AutoencoderTiny (TAESD) does not
+        counted = nn.ModuleList([m for n in VAE_HALVES[component] if (m := getattr(meta_model, n, None)) is not None])
     with torch.no_grad(), count_macs(counted) as totals:
         _run(component, meta_model, args)
     params = count_params(counted)
@@ -220,7 +221,7 @@ def profile_model(model, *, name: str = "", resolution: int = 512, components=("
 
 
 def profile_teacher_and_students(
-    src: str, variants=(), *, unet=None, resolution: int = 512, components=("unet",)
+    src: str, variants=(), *, unet=None, resolution: int = 512, components=("unet",), vae=None
 ) -> list[Profile]:
     """Profile a teacher and the students built from it by removal plans (no weights are loaded).
 
@@ -232,6 +233,8 @@ def profile_teacher_and_students(
             removal of the teacher).
         resolution: image resolution in pixels.
         components: which components to profile per model; students only differ in ``unet``.
+        vae: optional replacement VAE (``tiny``, a ``distill-vae`` run, an AutoencoderTiny folder or hub id): its
+            ``vae_decoder``/``vae_encoder`` rows (named ``vae:SOURCE``) follow the teacher's.
     """
     import dataclasses
 
@@ -245,6 +248,18 @@ def profile_teacher_and_students(
     needs = {"unet": "unet", "text_encoder": "text_encoder", "vae_decoder": "vae", "vae_encoder": "vae"}
     model = load_model(src, components=tuple({needs[c] for c in components} | {"vae", "unet"}), weights=False)
     rows = profile_model(model, name="teacher", resolution=resolution, components=components)
+    vae_halves = [c for c in components if c in VAE_HALVES]
+    if vae is not None and str(vae) != "teacher":
+        from .loading import teacher_vae_config
+        from .tiny_vae import load_vae
+
+        if not vae_halves:
+            from .errors import BksdmError
+
+            raise BksdmError("--vae profiles a VAE: add vae_decoder (or vae_encoder) to --components")
+        tiny, _ = load_vae(vae, teacher_vae_config(src), weights=False)
+        rows += [profile_component(tiny, c, name=f"vae:{vae}", resolution=resolution,
+                                   vae_factor=model.vae_scale_factor) for c in vae_halves]
     students = []
     for spec in variants:
         plan = validate_plan(spec, model.unet.config)

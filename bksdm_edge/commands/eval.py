@@ -31,6 +31,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("--model", default="builtin:mini-sd-digits", help="model source")
     p.add_argument("--unet", type=Path, default=None, help="student U-Net folder replacing the model's U-Net")
+    p.add_argument("--vae", default="teacher", help="VAE decoding the images: teacher (default), a `bksdm-edge "
+                   "distill-vae` run folder, an AutoencoderTiny folder or hub id (e.g. madebyollin/taesd)")
     p.add_argument("--captions", type=Path, help="caption file (.csv with a text/caption column, or .txt)")
     p.add_argument("--out", type=Path, required=True, help="output folder (images + metrics.json)")
     p.add_argument("--ref", type=Path, default=None, help="FID reference: stats .npz or folder of real images")
@@ -98,7 +100,7 @@ def run(args) -> int:
         feature_extractor=args.feature_extractor, metrics=tuple(m.strip() for m in args.metrics.split(",") if m),
         clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
     )
-    record = evaluate(args.model, args.captions, args.out, cfg, unet=args.unet, ref=args.ref,
+    record = evaluate(args.model, args.captions, args.out, cfg, unet=args.unet, vae=args.vae, ref=args.ref,
                       scorer_path=args.scorer, log=lambda m: print(m, flush=True))
     keys = ("fid", "is", "is_std", "clip_score", "prompt_accuracy", "n_images")
     print(json.dumps({k: record[k] for k in keys if k in record}, indent=2))

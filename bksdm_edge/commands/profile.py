@@ -28,6 +28,9 @@ def register(subparsers) -> None:
         default="unet",
         help="comma-separated: unet,text_encoder,vae_decoder,vae_encoder (default unet)",
     )
+    p.add_argument("--vae", help="also profile this VAE against the teacher's: 'tiny' (the TAESD architecture sized "
+                   "for the teacher), a `bksdm-edge distill-vae` run folder, an AutoencoderTiny folder or hub id; "
+                   "needs vae_decoder/vae_encoder in --components")
     p.add_argument("--json", type=Path, help="write the rows as JSON to this file")
     p.set_defaults(func=run)
 
@@ -49,9 +52,10 @@ def run(args) -> int:
 
     specs = (list(BUILTIN_PLANS) if args.variants == "all" else []) + plan_specs(args)
     rows = profile_teacher_and_students(
-        args.teacher, list(dict.fromkeys(specs)), unet=args.unet, resolution=args.resolution, components=components
+        args.teacher, list(dict.fromkeys(specs)), unet=args.unet, resolution=args.resolution, components=components,
+        vae=args.vae,
     )
-    print(f"{args.teacher} at {args.resolution}x{args.resolution} px, batch 1, one denoising step\n")
+    print(f"{args.teacher} at {args.resolution}x{args.resolution} px, batch 1 (U-Net: one denoising step)\n")
     print(format_profiles(rows))
     plans = [r for r in rows if r.plan]
     if plans:
@@ -59,7 +63,8 @@ def run(args) -> int:
         for r in plans:
             print(f"  {r.name}: {r.plan}")
     if args.json:
-        payload = {"teacher": args.teacher, "resolution": args.resolution, "models": [r.to_json() for r in rows]}
+        payload = {"teacher": args.teacher, "resolution": args.resolution, "vae": args.vae,
+                   "models": [r.to_json() for r in rows]}
         write_text_atomic(args.json, json.dumps(payload, indent=2))
         print(f"\nwrote {args.json}")
     return 0

@@ -24,6 +24,13 @@ from .request import Calibration, ExportRequest
 # Format options that are the console flags every entry point has (``--verbose``): not added again per format.
 CONSOLE_OPTIONS = ("verbose",)
 
+VAE_HELP = (
+    "VAE decoder (and encoder) to export: teacher (default, the model's own AutoencoderKL); a tiny TAESD-architecture "
+    "decoder: a `bksdm-edge distill-vae` run folder, an AutoencoderTiny folder or hub id (e.g. madebyollin/taesd, "
+    "from the local Hugging Face cache when offline), or 'tiny' (the architecture with random weights, for "
+    "benchmarks). The manifest records the decoder kind and its latent scaling (1.0 for a tiny decoder)."
+)
+
 
 def components_arg(text: str) -> tuple[str, ...]:
     """``--components``: a comma-separated list, or ``all``."""
@@ -61,6 +68,7 @@ def add_export_args(parser: argparse.ArgumentParser, formats: Sequence[str] | No
     parser.add_argument("--unet", type=Path,
                         help="student U-Net folder written by `bksdm-edge build` or `distill` (BK-SDM Base/Small/Tiny), "
                              "replacing the model's U-Net")
+    parser.add_argument("--vae", default="teacher", help=VAE_HELP)
     if len(formats) > 1:
         parser.add_argument("--format", default=formats[0], choices=formats, help=f"export format (default: {formats[0]})")
     else:
@@ -117,7 +125,7 @@ def request_from_args(args: argparse.Namespace) -> ExportRequest:
             options[key] = True
     prompts = getattr(args, "calibration_prompts", None)
     return ExportRequest(
-        out=args.out, model=args.model, unet=args.unet, format=args.format, precision=args.precision,
+        out=args.out, model=args.model, unet=args.unet, vae=args.vae, format=args.format, precision=args.precision,
         components=tuple(args.components), height=args.height, width=args.width, batch=args.batch,
         dynamic=getattr(args, "dynamic", False),
         calibration=Calibration(prompts=prompts, steps=getattr(args, "calibration_steps", Calibration.steps)),

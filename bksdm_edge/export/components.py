@@ -9,6 +9,9 @@ Conventions (see docs/bundle_format.md):
 - unet: ``sample`` [B, 4, h, w], ``timestep`` float32 [B], ``encoder_hidden_states`` [B, 77, D] -> ``out_sample``
 - vae_decoder: ``latent_sample`` (latents already divided by the scaling factor) -> ``sample`` in [-1, 1]
 - vae_encoder: ``sample`` image in [-1, 1] -> ``latent_mean`` (not yet multiplied by the scaling factor)
+
+A tiny VAE (``AutoencoderTiny``, TAESD) has ``scaling_factor`` 1.0: its decoder takes the U-Net's latents and its
+encoder returns them, so the same conventions hold with a factor of 1 (``bksdm_edge.tiny_vae``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch import nn
 
 from ..loading import SDModel
 from .request import ShapeConfig  # noqa: F401 (re-exported: the shape type of make_inputs)
+from ..tiny_vae import encode_latents
 
 
 class TextEncoderWrapper(nn.Module):
@@ -59,7 +63,7 @@ class VaeEncoderWrapper(nn.Module):
         self.vae = vae
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(sample, return_dict=False)[0].mean
+        return encode_latents(self.vae, sample)
 
 
 def _latent_channels(model: SDModel) -> int:

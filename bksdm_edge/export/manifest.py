@@ -33,6 +33,8 @@ class ModelFacts:
         guidance_embedding: a latent consistency model's guidance embedding: ``position`` (of its input among
             the U-Net's canonical inputs), ``dim``, ``w``, ``scale``, ``max_period``, ``w_range`` (the guidance
             scales it was distilled for, when known); None for other models.
+        vae: the manifest's ``vae`` entry (``tiny_vae.describe``: kind, class, source, decoder parameters);
+            None writes none (readers then assume SD's AutoencoderKL).
     """
 
     family: str
@@ -43,6 +45,7 @@ class ModelFacts:
     scheduler: Mapping[str, Any]
     pad_token: str
     guidance_embedding: Mapping[str, Any] | None = None
+    vae: Mapping[str, Any] | None = None
 
 
 def tokenizer_entry(pad_token: str, max_length: int) -> dict[str, Any]:
@@ -93,10 +96,12 @@ def build_manifest(
         "precision": target.PRECISION,
         "target": {"name": target.name(), "description": target.DESCRIPTION},
         "source": {"model": request.model, "unet": str(request.unet) if request.unet else None,
-                   "variant": facts.variant, "family": facts.family},
+                   "variant": facts.variant, "family": facts.family, "vae": request.vae},
         # batch: the U-Net's batch; the text encoder and VAE are exported at batch 1.
         "image": {"height": height, "width": width, "batch": request.batch, "dynamic": request.dynamic,
                   "vae_scale_factor": facts.vae_scale_factor, "latent_channels": facts.latent_channels},
+        # The decoder kind; its latent scaling is latent_scaling_factor (1.0 for a tiny TAESD decoder).
+        **({"vae": dict(facts.vae)} if facts.vae else {}),
         "latent_scaling_factor": facts.latent_scaling_factor,
         "vae_decoder_input_scaled": False,
         "vae_decoder_output_range": [-1, 1],

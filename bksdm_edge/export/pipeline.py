@@ -36,6 +36,7 @@ def _progress(iterable, desc: str, enabled: bool):
 
 def model_facts(model) -> ModelFacts:
     """The facts a manifest records about a loaded ``SDModel``."""
+    from ..tiny_vae import describe as describe_vae
     from .components import COMPONENTS
 
     vae = model.vae.config
@@ -50,6 +51,7 @@ def model_facts(model) -> ModelFacts:
         vae_scale_factor=model.vae_scale_factor, latent_channels=vae.latent_channels,
         latent_scaling_factor=vae.scaling_factor, scheduler=scheduler_entry(model.scheduler),
         pad_token=model.tokenizer.pad_token, guidance_embedding=guidance,
+        vae=describe_vae(model.vae, model.vae_source or "teacher"),
     )
 
 
@@ -63,6 +65,7 @@ def export_bundle(request: ExportRequest, *, model=None) -> Path:
         ValidationFailed: an exported component did not match PyTorch (bundle left as ``OUT.failed``).
     """
     from ..loading import load_model
+    from ..tiny_vae import check_components as check_vae_components
     from ..tokenizer_files import write_clip_tokenizer_files
     from .components import COMPONENTS
     from .inputs import prepare_inputs, read_prompts
@@ -73,7 +76,8 @@ def export_bundle(request: ExportRequest, *, model=None) -> Path:
 
     # 1. Load the model and settle each component's shape (U-Net: the requested batch; others: batch 1).
     if model is None:
-        model = load_model(request.model, unet=request.unet)
+        model = load_model(request.model, unet=request.unet, vae=request.vae)
+    check_vae_components(model, request.components)
     shapes = {c: request.component_shape(c, model) for c in request.components}
     facts = model_facts(model)
 
@@ -133,7 +137,7 @@ def request_of_bundle(path: str | Path, manifest: dict[str, Any]) -> ExportReque
     img, src = manifest["image"], manifest["source"]
     val = (manifest.get("export") or {}).get("validation") or {}
     return ExportRequest(
-        out=Path(path), model=src["model"], unet=src.get("unet"), format=manifest["format"],
+        out=Path(path), model=src["model"], unet=src.get("unet"), vae=src.get("vae"), format=manifest["format"],
         precision=manifest["precision"], components=tuple(manifest["components"]), height=img["height"],
         width=img["width"], batch=img.get("batch", 1), dynamic=img.get("dynamic", False),
         validation=Validation(prompt=val.get("prompt", Validation.prompt), steps=val.get("steps", Validation.steps)),
@@ -164,7 +168,7 @@ def validate_bundle(path: str | Path, *, model=None, progress: bool = True, repo
     request = request_of_bundle(root, manifest)
     target = request.target
     if model is None:
-        model = load_model(request.model, unet=request.unet)
+        model = load_model(request.model, unet=request.unet, vae=request.vae)
     shapes = {}
     for name in request.components:
         # Each component at its own exported batch (bundles from before per-component batches had one batch).

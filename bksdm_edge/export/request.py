@@ -93,6 +93,8 @@ class ExportRequest:
         out: bundle folder to create (written atomically; ``OUT.failed`` if validation fails).
         model: model source (``builtin:NAME``, diffusers pipeline folder, hub id).
         unet: student U-Net folder replacing the source's U-Net (``bksdm-edge build``/``distill``).
+        vae: VAE replacing the source's (``bksdm_edge.tiny_vae``: ``tiny``, a ``distill-vae`` run, an
+            ``AutoencoderTiny`` folder or hub id); None (or ``teacher``) keeps the source's own.
         format: export format (``registry.FORMAT_MODULES``).
         precision: a registered precision of ``format``; None = the format's default target.
         components: components to export, in order.
@@ -110,6 +112,7 @@ class ExportRequest:
     out: Path
     model: str = "builtin:mini-sd"
     unet: Path | None = None
+    vae: str | None = None
     format: str = "onnx"
     precision: str | None = None
     components: tuple[str, ...] = DEFAULT_COMPONENTS
@@ -129,6 +132,7 @@ class ExportRequest:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
         set_("out", Path(self.out))
         set_("unet", Path(self.unet) if self.unet is not None else None)
+        set_("vae", None if self.vae in (None, "teacher") else str(self.vae))
         set_("calibration", dataclasses.replace(self.calibration, prompts=Path(self.calibration.prompts))
              if self.calibration.prompts is not None else self.calibration)
         if self.precision is None:

@@ -82,7 +82,7 @@ def generate_images(model, captions: Sequence[Caption], out_dir: str | Path, cfg
     ``out_dir/im{resize}``; existing images are kept (a run can resume). Returns the folder to score."""
     from PIL import Image
 
-    res = cfg.resolution or model.vae.config.sample_size
+    res = cfg.resolution or model.native_resolution
     out_dir = Path(out_dir)
     gen_dir = out_dir / f"im{res}"
     gen_dir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +121,7 @@ def _save_png(img, path: Path) -> None:
 
 EVAL_CONFIG = "eval_config.json"
 # What makes two runs' images the same: a resumed run must match on all of these.
-_RESUME_KEYS = ("source", "unet", "captions", "resolution", "steps", "guidance_scale", "seed", "resize")
+_RESUME_KEYS = ("source", "unet", "vae", "captions", "resolution", "steps", "guidance_scale", "seed", "resize")
 
 
 def claim_eval_dir(out_dir: Path, run: dict[str, Any]) -> None:
@@ -284,8 +284,8 @@ def score_folder(image_dir: str | Path, captions: Sequence[Caption], cfg: EvalCo
 
 
 def evaluate(source: str, captions_path: str | Path, out_dir: str | Path, cfg: EvalConfig = EvalConfig(), *,
-             unet: str | Path | None = None, ref: str | Path | None = None, scorer_path: str | Path | None = None,
-             log=None) -> dict[str, Any]:
+             unet: str | Path | None = None, vae: str | Path | None = None, ref: str | Path | None = None,
+             scorer_path: str | Path | None = None, log=None) -> dict[str, Any]:
     """Generate images for a caption file with a model (and optional student U-Net) and score them.
 
     Args:
@@ -294,6 +294,8 @@ def evaluate(source: str, captions_path: str | Path, out_dir: str | Path, cfg: E
         out_dir: generated images (``im{resolution}``, ``im{resize}``) and ``metrics.json`` go here.
         cfg: generation and scoring settings.
         unet: optional student U-Net folder replacing the model's U-Net.
+        vae: optional VAE replacing the model's (``tiny``, a ``distill-vae`` run, an AutoencoderTiny folder or hub
+            id; ``bksdm_edge.tiny_vae``); None / ``teacher`` keeps it.
         ref: FID reference: ``.npz`` with ``mu``/``sigma`` or a folder of real images.
         scorer_path: digit scorer folder for ``feature_extractor="digits"`` (default: the shipped one).
     Returns the record also written to ``out_dir/metrics.json``.
@@ -310,15 +312,17 @@ def evaluate(source: str, captions_path: str | Path, out_dir: str | Path, cfg: E
                         "(or leave fid out of --metrics)")
     captions = read_captions(captions_path, cfg.limit)
     claim_eval_dir(Path(out_dir), {
-        "source": source, "unet": str(unet) if unet else None, "captions": str(Path(captions_path).resolve()),
+        "source": source, "unet": str(unet) if unet else None,
+        "vae": str(vae) if vae is not None and str(vae) != "teacher" else None,
+        "captions": str(Path(captions_path).resolve()),
         **{k: v for k, v in asdict(cfg).items() if k in _RESUME_KEYS}})
-    model = load_model(source, unet=unet)
+    model = load_model(source, unet=unet, vae=vae)
     t0 = time.time()
     score_dir = generate_images(model, captions, out_dir, cfg, log)
     gen_s = time.time() - t0
     scores = score_folder(score_dir, captions, cfg, ref, scorer_path)
     record = {
-        "source": source, "unet": str(unet) if unet else None, "captions": str(captions_path),
+        "source": source, "unet": str(unet) if unet else None, "vae": model.vae_source, "captions": str(captions_path),
         "n_captions": len(captions), "scored_images": str(score_dir), "config": asdict(cfg),
         "scheduler": type(model.scheduler).__name__, "generation_s": round(gen_s, 1),
         "score_s": round(time.time() - t0 - gen_s, 1), **scores,

@@ -7,11 +7,13 @@ written by :mod:`bksdm_edge.runtime.golden` keep the two in step.
 """
 
 from bksdm_edge.runtime.image import (
+    VAE_DECODER_KINDS,
     classifier_free_guidance,
     decoder_output_to_rgb,
     embedded_guidance,
     guidance_scale_embedding,
     latents_for_decoder,
+    vae_decoder_kind,
 )
 from bksdm_edge.runtime.noise import NoiseStream, gaussian_noise
 from bksdm_edge.runtime.schedulers import SCHEDULERS, Scheduler, scheduler_from_config
@@ -19,6 +21,7 @@ from bksdm_edge.runtime.tokenizer import ClipTokenizer
 
 __all__ = [
     "SCHEDULERS",
+    "VAE_DECODER_KINDS",
     "ClipTokenizer",
     "NoiseStream",
     "Scheduler",
@@ -29,4 +32,5 @@ __all__ = [
     "guidance_scale_embedding",
     "latents_for_decoder",
     "scheduler_from_config",
+    "vae_decoder_kind",
 ]

@@ -15,8 +15,10 @@
 - ``bundle/``: a fake bundle whose ``manifest.json`` comes from the real manifest builder
   (``bundle_golden``), for the engine's manifest parsing and bundle verification;
 - ``image.json``: classifier-free guidance, the LCM guidance embedding, latent
-  unscaling, decoder output -> RGB, and the portable Gaussian noise (also drawn in
-  consecutive pieces of one stream).
+  unscaling, decoder output -> RGB, the portable Gaussian noise (also drawn in
+  consecutive pieces of one stream), and the decoder kinds (``vae.kind`` of the manifest:
+  SD's AutoencoderKL decodes latents / 0.18215, a tiny TAESD decoder latents / 1.0; no
+  kind means AutoencoderKL; an unknown kind is refused).
 
 Floats are written as the shortest decimal that round-trips their float32 value, so
 the files are byte-for-byte reproducible and small. Regenerate them into
@@ -36,10 +38,12 @@ from typing import Any
 import numpy as np
 
 from bksdm_edge.runtime.image import (
+    VAE_DECODER_KINDS,
     classifier_free_guidance,
     decoder_output_to_rgb,
     guidance_scale_embedding,
     latents_for_decoder,
+    vae_decoder_kind,
 )
 from bksdm_edge.runtime.noise import NoiseStream, gaussian_noise
 from bksdm_edge.runtime.schedulers import SCHEDULERS, scheduler_from_config
@@ -94,6 +98,8 @@ SCHEDULER_CONFIGS = {
         "clip_sample": True,
     },
 }
+# The latent scaling each decoder kind is exported with (the VAE config's scaling_factor).
+DECODER_SCALING = {"autoencoder-kl": 0.18215, "autoencoder-tiny": 1.0}
 TIMESTEP_STEPS = (1, 2, 10, 25, 50)
 RUN_STEPS = (1, 10)
 RUN_SHAPE = (1, 4, 2, 2)
@@ -252,6 +258,16 @@ def image_golden() -> str:
     stream, sizes = NoiseStream(2024), (5, 1, 8, 3)
     cases.append({"kind": "noise_stream", "seed": "2024", "sizes": list(sizes),
                   "out": [_floats(stream.normal((n,))) for n in sizes]})
+
+    # Decoder kinds: the manifest's "vae" entry -> the kind, and the decoder input of the same latents per kind.
+    latents = (rng.standard_normal((1, 4, 2, 2)) * 1.3).astype(np.float32)
+    for manifest_vae in [None, *({"kind": k} for k in VAE_DECODER_KINDS)]:
+        kind = vae_decoder_kind({} if manifest_vae is None else {"vae": manifest_vae})
+        scale = DECODER_SCALING[kind]
+        cases.append({"kind": "vae_decoder", "manifest_vae": manifest_vae, "vae_kind": kind, "scaling_factor": scale,
+                      "decoder_input_scaled": False, "latents": _floats(latents),
+                      "out": _floats(latents_for_decoder(latents, scale))})
+    cases.append({"kind": "vae_decoder", "manifest_vae": {"kind": "autoencoder-vq"}, "vae_kind": None})
     return _dump({"format_version": FORMAT_VERSION}, cases)
 
 

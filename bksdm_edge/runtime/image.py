@@ -6,9 +6,18 @@ works in float32 here) gives bit-identical RGB values.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+
+# The VAE decoders a bundle may hold: the manifest's ``vae.kind`` (docs/bundle_format.md). A bundle without the
+# field (made before it existed) holds SD's AutoencoderKL. The kind names the architecture; the arithmetic always
+# comes from ``latent_scaling_factor`` (1.0 for a tiny decoder: TAESD decodes the U-Net's latents as they are),
+# ``vae_decoder_input_scaled`` and ``vae_decoder_output_range``. An unknown kind is refused instead of being decoded
+# with numbers this reader cannot vouch for. Mirrors ``bksdm_edge.tiny_vae.VAE_KINDS`` (tests keep them equal).
+VAE_DECODER_KINDS = ("autoencoder-kl", "autoencoder-tiny")
+DEFAULT_VAE_DECODER_KIND = "autoencoder-kl"
 
 
 def classifier_free_guidance(uncond: np.ndarray, cond: np.ndarray, guidance_scale: float) -> np.ndarray:
@@ -78,6 +87,22 @@ def latents_for_decoder(latents: np.ndarray, scaling_factor: float, decoder_inpu
     """
     latents = latents.astype(np.float32, copy=False)
     return latents if decoder_input_scaled else latents / np.float32(scaling_factor)
+
+
+def vae_decoder_kind(manifest: Mapping[str, Any]) -> str:
+    """The decoder kind a bundle manifest declares (``vae.kind``); ``ValueError`` for a kind this runtime does not know.
+
+    Args:
+        manifest: the parsed ``manifest.json``.
+    """
+    vae = manifest.get("vae") or {}
+    if not isinstance(vae, Mapping):
+        raise ValueError(f"manifest 'vae' must be an object, got {type(vae).__name__}")
+    kind = vae.get("kind", DEFAULT_VAE_DECODER_KIND)
+    if kind not in VAE_DECODER_KINDS:
+        raise ValueError(f"the bundle's VAE decoder kind {kind!r} is not supported by this runtime (it decodes "
+                         f"{', '.join(VAE_DECODER_KINDS)}); update bksdm-edge")
+    return kind
 
 
 def decoder_output_to_rgb(image: np.ndarray, output_range: Sequence[float] = (-1.0, 1.0)) -> np.ndarray:

@@ -123,7 +123,7 @@ def evaluate_model(model, out_dir: str | Path, cfg: DigitEvalConfig = DigitEvalC
                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Generate 10 prompts x ``cfg.seeds`` digits with ``model``, score them, write ``NAME.json``, ``NAME.md``
     and ``NAME_grid.png`` (one row per prompt) under ``out_dir``; returns the JSON record."""
-    resolution = resolution or model.vae.config.sample_size
+    resolution = resolution or model.native_resolution
     scorer = scorer or load_scorer()
     pipe = model.to_pipeline()
     pipe.set_progress_bar_config(disable=True)
@@ -132,7 +132,8 @@ def evaluate_model(model, out_dir: str | Path, cfg: DigitEvalConfig = DigitEvalC
     gen_s = time.time() - t0
     scores = score_digits(images, digits, scorer, resolution)
     record = {
-        "model": model.source, "unet": model.unet_source, "weights": model.info.get("weights"), "name": name,
+        "model": model.source, "unet": model.unet_source, "vae": model.vae_source, "weights": model.info.get("weights"),
+        "name": name,
         "protocol": {"prompts": eval_prompts(), "seeds": list(range(cfg.seeds)), "steps": cfg.steps,
                      "scheduler": type(pipe.scheduler).__name__, "guidance_scale": cfg.guidance_scale,
                      "resolution": resolution, "reference": "held-out real digits (20% split, upscaled)",

@@ -71,7 +71,9 @@ class Manifest(
     val tokenizer: TokenizerSpec,
     val components: Map<String, ComponentSpec>,
     val files: Map<String, FileEntry>,
-    val source: Map<String, Any?>
+    val source: Map<String, Any?>,
+    /** The VAE decoder architecture (manifest `vae.kind`), one of [VAE_DECODER_KINDS]. */
+    val vaeKind: String = DEFAULT_VAE_DECODER_KIND
 ) {
     val latentHeight: Int get() = height / vaeScaleFactor
     val latentWidth: Int get() = width / vaeScaleFactor
@@ -82,6 +84,27 @@ class Manifest(
     companion object {
         const val FORMAT_VERSION = 1
         val REQUIRED_COMPONENTS = listOf("text_encoder", "unet", "vae_decoder")
+
+        /**
+         * Decoder kinds this engine runs, as `bksdm_edge/runtime/image.py` lists them: SD's AutoencoderKL and the
+         * tiny TAESD decoder. The kind names the architecture; the arithmetic comes from latent_scaling_factor (1.0
+         * for the tiny decoder), vae_decoder_input_scaled and vae_decoder_output_range. A bundle without `vae` was
+         * made before the field existed and holds an AutoencoderKL.
+         */
+        val VAE_DECODER_KINDS = listOf("autoencoder-kl", "autoencoder-tiny")
+        const val DEFAULT_VAE_DECODER_KIND = "autoencoder-kl"
+
+        /** The decoder kind of a manifest's `vae` entry ([vae] null: none); unknown kinds are refused. */
+        fun parseVaeKind(vae: Any?): String {
+            if (vae == null) return DEFAULT_VAE_DECODER_KIND
+            @Suppress("UNCHECKED_CAST")
+            val m = vae as? Map<String, Any?> ?: throw ManifestException("manifest 'vae' must be an object")
+            val kind = m["kind"] ?: return DEFAULT_VAE_DECODER_KIND
+            if (kind !is String || kind !in VAE_DECODER_KINDS) {
+                throw ManifestException("the bundle's VAE decoder kind $kind is not supported by this app (it decodes ${VAE_DECODER_KINDS.joinToString()}); update the app")
+            }
+            return kind
+        }
 
         /** Parse and check a manifest; every problem becomes a [ManifestException] with a message. */
         fun parse(text: String): Manifest {
@@ -139,7 +162,8 @@ class Manifest(
                 root.double("latent_scaling_factor", "manifest"),
                 root["vae_decoder_input_scaled"] == true,
                 doubleArrayOf(range[0] as Double, range[1] as Double),
-                prediction, root.obj("scheduler", "manifest"), guidance, tokenizer, components, files, source
+                prediction, root.obj("scheduler", "manifest"), guidance, tokenizer, components, files, source,
+                parseVaeKind(root["vae"])
             )
         }
 

@@ -24,8 +24,8 @@ class BundleTest {
     // Upper-case digests must be accepted too.
     private fun upperHex(h: String) = buildString { for (ch in h) append(if (ch in 'a'..'f') ch - ('a' - 'A') else ch) }
 
-    private fun writeBundle(complete: Boolean = true, extraManifest: String = ""): File {
-        val dir = tmp.newFolder("bundle")
+    private fun writeBundle(complete: Boolean = true, extraManifest: String = "", name: String = "bundle"): File {
+        val dir = tmp.newFolder(name)
         val entries = ArrayList<String>()
         for ((path, content) in files) {
             val f = File(dir, path)
@@ -47,6 +47,19 @@ class BundleTest {
         assertEquals(null, m.component("text_encoder").inputs[0].shape[0]) // "batch" is dynamic
         assertEquals(0.02, m.component("vae_decoder").inputs[0].quantization!!.scale, 0.0)
         assertEquals(49407, bundle.loadTokenizer().padTokenId)
+    }
+
+    @Test
+    fun decoderKindIsReadAndUnknownKindsAreRefused() {
+        assertEquals("autoencoder-kl", Bundle.open(writeBundle()).manifest.vaeKind) // bundles made before `vae`
+        val tiny = Bundle.open(writeBundle(extraManifest = ", \"vae\": {\"kind\": \"autoencoder-tiny\", \"class\": \"AutoencoderTiny\"}", name = "tiny"))
+        assertEquals("autoencoder-tiny", tiny.manifest.vaeKind)
+        try {
+            Bundle.open(writeBundle(extraManifest = ", \"vae\": {\"kind\": \"autoencoder-vq\"}", name = "vq"))
+            fail("expected ManifestException")
+        } catch (e: ManifestException) {
+            assertTrue(e.message!!, e.message!!.contains("autoencoder-vq"))
+        }
     }
 
     @Test

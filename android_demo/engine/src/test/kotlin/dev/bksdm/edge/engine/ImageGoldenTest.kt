@@ -3,6 +3,7 @@ package dev.bksdm.edge.engine
 import org.junit.Assert.assertArrayEquals
 import org.junit.Assert.assertEquals
 import org.junit.Assert.assertTrue
+import org.junit.Assert.fail
 import org.junit.Test
 
 class ImageGoldenTest {
@@ -37,6 +38,29 @@ class ImageGoldenTest {
     @Test
     fun latentUnscalingIsBitExact() {
         for (case in kind("latents_for_decoder")) {
+            val l = Golden.floats(case["latents"])
+            val out = FloatArray(l.size)
+            ImageOps.latentsForDecoder(l, case["scaling_factor"] as Double, case["decoder_input_scaled"] as Boolean, out)
+            assertArrayEquals(Golden.floats(case["out"]), out, 0f)
+        }
+    }
+
+    @Test
+    fun decoderKindsAndTheirLatentScalingMatchPython() {
+        val decoderCases = kind("vae_decoder")
+        assertEquals(Manifest.VAE_DECODER_KINDS.size + 2, decoderCases.size) // + no kind, + an unknown kind
+        for (case in decoderCases) {
+            val expected = case["vae_kind"] as String?
+            if (expected == null) {
+                try {
+                    Manifest.parseVaeKind(case["manifest_vae"])
+                    fail("kind ${case["manifest_vae"]} should be refused")
+                } catch (e: ManifestException) {
+                    assertTrue(e.message!!, e.message!!.contains("not supported"))
+                }
+                continue
+            }
+            assertEquals(expected, Manifest.parseVaeKind(case["manifest_vae"]))
             val l = Golden.floats(case["latents"])
             val out = FloatArray(l.size)
             ImageOps.latentsForDecoder(l, case["scaling_factor"] as Double, case["decoder_input_scaled"] as Boolean, out)
