@@ -208,8 +208,8 @@ def load_vae(src: str | Path, teacher_vae_config, *, dtype=torch.float32, weight
         dtype: torch dtype of the weights.
         weights: False builds the module on the meta device from its config (profiling).
     Returns:
-        the VAE (eval mode) and a dict for the manifest / ``SDModel.info["vae"]``: source, kind, folder,
-        the training meta (``bksdm_edge.json``) when there is one.
+        the VAE (eval mode) and a dict for ``SDModel.info["vae"]``: source, kind, folder, and ``meta`` (the
+        folder's ``bksdm_edge.json``: teacher, its latent space, trained parts) when there is one.
     Raises:
         VaeSourceError: unknown source, offline hub id not cached, or a latent space that does not fit.
     """
@@ -237,7 +237,7 @@ def load_vae(src: str | Path, teacher_vae_config, *, dtype=torch.float32, weight
                                  "VAE (the teacher's own VAE is the default, 'teacher')")
         meta_path = folder / TINY_META
         if meta_path.exists():
-            info["trained"] = json.loads(meta_path.read_text())
+            info["meta"] = json.loads(meta_path.read_text())
         info["folder"] = str(folder)
         load_from, kwargs = str(folder), {}
     else:
@@ -264,11 +264,11 @@ def load_vae(src: str | Path, teacher_vae_config, *, dtype=torch.float32, weight
     except (OSError, ValueError) as err:
         raise VaeSourceError(f"Could not load the tiny VAE {src!r}: {err}") from err
     info["kind"] = kind_of(vae).name
-    check_fits(vae.config, teacher_vae_config, src, info.get("trained"))
+    check_fits(vae.config, teacher_vae_config, src, info.get("meta"))
     return vae, info
 
 
-def check_fits(tiny_config, teacher_vae_config, src: str, trained: dict | None = None) -> None:
+def check_fits(tiny_config, teacher_vae_config, src: str, meta: dict | None = None) -> None:
     """Raise ``VaeSourceError`` unless the tiny VAE decodes the latent space the teacher's U-Net works in."""
     want = teacher_vae_facts(teacher_vae_config)
     problems = []
@@ -280,14 +280,24 @@ def check_fits(tiny_config, teacher_vae_config, src: str, trained: dict | None =
         problems.append(f"it upsamples {factor}x, the model's VAE {want['spatial_factor']}x")
     if float(_get(tiny_config, "shift_factor", 0.0) or 0.0) != 0.0:
         problems.append("it has a shift_factor (an SD3/Flux latent space); SD-v1/v2 latents have none")
-    if trained is not None:
-        scale = trained.get("teacher_vae", {}).get("scaling_factor")
+    if meta is not None:
+        scale = meta.get("teacher_vae", {}).get("scaling_factor")
         if scale is not None and abs(scale - want["scaling_factor"]) > 1e-9:
             problems.append(f"it was distilled from a VAE with scaling_factor {scale}, the model's is "
                             f"{want['scaling_factor']}")
     if problems:
         raise VaeSourceError(f"The tiny VAE {src} does not fit this model: " + "; ".join(problems)
                              + ". Distil one from this teacher with `bksdm-edge distill-vae`.")
+
+
+def check_components(model, components) -> None:
+    """Refuse to export the encoder of a tiny VAE distilled without ``--encoder`` (its encoder is untrained)."""
+    meta = (model.info.get("vae") or {}).get("meta")
+    if "vae_encoder" in components and meta is not None and "encoder" not in meta.get("trained", ["encoder"]):
+        raise VaeSourceError(
+            f"the tiny VAE {model.vae_source} was distilled without --encoder, so its encoder is untrained; leave "
+            "vae_encoder out of --components (image-to-image can use a bundle of the teacher's VAE encoder) or "
+            "distil with --encoder")
 
 
 def encode_latents(vae, pixels: torch.Tensor) -> torch.Tensor:

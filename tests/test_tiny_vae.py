@@ -75,7 +75,7 @@ def test_folder_round_trip_and_checks(tmp_path):
     save_tiny_vae(vae, tmp_path / "run" / "vae", teacher="builtin:tiny-sd", teacher_vae_config=teacher_cfg)
     # A run folder means its vae/; the meta comes along.
     loaded = load_model("builtin:tiny-sd", vae=str(tmp_path / "run"))
-    assert loaded.vae_source == str(tmp_path / "run") and loaded.info["vae"]["trained"]["teacher"] == "builtin:tiny-sd"
+    assert loaded.vae_source == str(tmp_path / "run") and loaded.info["vae"]["meta"]["teacher"] == "builtin:tiny-sd"
     assert all(torch.equal(a, b) for a, b in zip(loaded.vae.state_dict().values(), vae.state_dict().values()))
     # Same factor and channels but a teacher with another latent scaling: refused with the reason.
     with pytest.raises(VaeSourceError, match="scaling_factor 0.18215"):

@@ -49,7 +49,7 @@ def data_config(args):
 
 
 def register(subparsers) -> None:
-    from ..distill.config import DEFAULT_VALIDATION_STEPS, LcmConfig
+    from ..distill.config import LcmConfig
     from ..plans.cli_args import add_plan_args
 
     lcm = LcmConfig()
@@ -72,16 +72,7 @@ def register(subparsers) -> None:
     p.add_argument("--student", help="start from this student U-Net folder instead of the teacher-initialised one "
                    "(kd without --variant/--plan: the plan is the one the folder corresponds to)")
     add_data_arguments(p)
-    t = p.add_argument_group("training")
-    t.add_argument("--max-steps", type=int, default=50_000, help="optimizer steps")
-    t.add_argument("--batch-size", type=int, default=64, help="images per process per micro-batch")
-    t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (paper: 4)")
-    t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no",
-                   help="mixed precision (paper: fp16 on GPU)")
-    t.add_argument("--gradient-checkpointing", action="store_true", help="recompute student activations")
-    t.add_argument("--ema", action="store_true", help="keep an EMA of the student (saved as RUN_DIR/unet_ema)")
-    t.add_argument("--ema-decay", type=float, default=0.9999)
-    t.add_argument("--seed", type=int, default=0)
+    add_training_arguments(p)
     l = p.add_argument_group("loss")
     l.add_argument("--lambda-task", type=float, default=1.0, help="weight of MSE(student, noise or velocity)")
     l.add_argument("--lambda-out", type=float, default=1.0, help="weight of MSE(student, teacher output)")
@@ -99,19 +90,46 @@ def register(subparsers) -> None:
                     help="guidance-embedding width added to a student without one (zero-initialised projection)")
     lc.add_argument("--teacher-unet", help="U-Net folder used as the ODE-solver teacher instead of --teacher's "
                     "(e.g. a KD-distilled BK-SDM student); VAE, text encoder and noise schedule come from --teacher")
+    add_optimizer_arguments(p)
+    add_checkpoint_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_training_arguments(p, *, max_steps: int = 50_000, batch_size: int = 64, ema_what: str = "unet") -> None:
+    """Training-length, precision, EMA and seed options (shared with ``distill-vae``, which has its own defaults)."""
+    t = p.add_argument_group("training")
+    t.add_argument("--max-steps", type=int, default=max_steps, help="optimizer steps")
+    t.add_argument("--batch-size", type=int, default=batch_size, help="images per process per micro-batch")
+    t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (paper: 4)")
+    t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no",
+                   help="mixed precision (paper: fp16 on GPU)")
+    t.add_argument("--gradient-checkpointing", action="store_true", help="recompute student activations")
+    t.add_argument("--ema", action="store_true", help=f"keep an EMA of the student (saved as RUN_DIR/{ema_what}_ema)")
+    t.add_argument("--ema-decay", type=float, default=0.9999)
+    t.add_argument("--seed", type=int, default=0)
+
+
+def add_optimizer_arguments(p, *, lr: float = 5e-5, weight_decay: float = 1e-2) -> None:
+    """AdamW and LR-schedule options (shared with ``distill-vae``)."""
     o = p.add_argument_group("optimizer")
-    o.add_argument("--lr", type=float, default=5e-5, help="learning rate")
+    o.add_argument("--lr", type=float, default=lr, help="learning rate")
     o.add_argument("--lr-scheduler", default="constant",
                    help="diffusers.optimization.get_scheduler name (constant, linear, cosine, constant_with_warmup, ...)")
     o.add_argument("--lr-warmup-steps", type=int, default=0)
-    o.add_argument("--weight-decay", type=float, default=1e-2)
+    o.add_argument("--weight-decay", type=float, default=weight_decay)
     o.add_argument("--max-grad-norm", type=float, default=1.0)
     o.add_argument("--use-8bit-adam", action="store_true", help="bitsandbytes AdamW8bit (needs bitsandbytes, CUDA)")
+
+
+def add_checkpoint_arguments(p, validation_help: str = "prompts rendered with the student") -> None:
+    """Checkpoint, resume, validation-image and logging options (shared with ``distill-vae``)."""
+    from ..distill.config import DEFAULT_VALIDATION_STEPS
+
     c = p.add_argument_group("checkpoints and logging")
     c.add_argument("--checkpoint-every", type=int, default=500, help="checkpoint interval in steps (0: never)")
     c.add_argument("--keep-checkpoints", type=int, default=3, help="newest checkpoints kept (0: all)")
     c.add_argument("--resume", help="'latest' or a checkpoint folder")
-    c.add_argument("--validation-prompts", nargs="*", default=[], help="prompts rendered with the student")
+    c.add_argument("--validation-prompts", nargs="*", default=[], help=validation_help)
     c.add_argument("--validate-every", type=int, default=500, help="validation interval in steps")
     c.add_argument("--validation-inference-steps", type=int,
                    help="sampling steps of validation images; when not given: "
@@ -120,34 +138,35 @@ def register(subparsers) -> None:
                    help="auto: TensorBoard when installed; a JSONL log of every step is always written")
     c.add_argument("--log-every", type=int, default=1, help="progress-bar / tracker interval in steps")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
-def config_from_args(args):
-    from ..plans.cli_args import plan_spec
-    from ..distill.config import (
-        CheckpointConfig,
-        DistillConfig,
-        LcmConfig,
-        LossConfig,
-        OptimConfig,
-        ValidationConfig,
-    )
+def common_config_kwargs(args) -> dict:
+    """``DistillConfig`` fields of the shared option groups (training, data, optimizer, checkpoints, validation)."""
+    from ..distill.config import CheckpointConfig, OptimConfig, ValidationConfig
 
-    return DistillConfig(
-        teacher=args.teacher, variant=plan_spec(args), out=args.out, student=args.student, objective=args.objective,
+    return dict(
         max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
         mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         ema=args.ema, ema_decay=args.ema_decay, seed=args.seed, report_to=args.report_to,
         log_every=args.log_every, progress=not args.no_progress,
         data=data_config(args),
-        loss=LossConfig(args.lambda_task, args.lambda_out, args.lambda_feat),
         optim=OptimConfig(lr=args.lr, lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
                           weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
                           use_8bit_adam=args.use_8bit_adam),
         checkpoint=CheckpointConfig(every=args.checkpoint_every, keep=args.keep_checkpoints, resume=args.resume),
         validation=ValidationConfig(prompts=tuple(args.validation_prompts), every=args.validate_every,
                                     num_inference_steps=args.validation_inference_steps),
+    )
+
+
+def config_from_args(args):
+    from ..distill.config import DistillConfig, LcmConfig, LossConfig
+    from ..plans.cli_args import plan_spec
+
+    return DistillConfig(
+        teacher=args.teacher, variant=plan_spec(args), out=args.out, student=args.student, objective=args.objective,
+        **common_config_kwargs(args),
+        loss=LossConfig(args.lambda_task, args.lambda_out, args.lambda_feat),
         lcm=LcmConfig(w_min=args.w_min, w_max=args.w_max, num_ddim_timesteps=args.num_ddim_timesteps, loss=args.loss,
                       huber_c=args.huber_c, target_ema=args.target_ema, time_cond_proj_dim=args.time_cond_proj_dim,
                       teacher_unet=args.teacher_unet),
@@ -193,8 +212,8 @@ def check_run_dir(out: str, cache_dir: str | None) -> None:
             f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); choose a new --out or an empty folder")
 
 
-def check_args(args) -> None:
-    """Every distill option that can be checked before the teacher is loaded."""
+def check_common_args(args) -> None:
+    """The options of the shared groups (data, output, training, optimizer, checkpoints), also ``distill-vae``'s."""
     from .. import checks
 
     check_data_args(args)
@@ -202,24 +221,37 @@ def check_args(args) -> None:
     for flag, minimum in (("max_steps", 1), ("batch_size", 1), ("grad_accum", 1), ("seed", 0),
                           ("lr_warmup_steps", 0), ("checkpoint_every", 0), ("keep_checkpoints", 0),
                           ("validate_every", 1), ("validation_inference_steps", 1), ("log_every", 1),
-                          ("lambda_task", 0), ("lambda_out", 0), ("lambda_feat", 0), ("weight_decay", 0)):
+                          ("weight_decay", 0)):
         checks.at_least(getattr(args, flag), minimum, "--" + flag.replace("_", "-"))
     checks.in_range(args.lr, 0, float("inf"), "--lr", low_open=True, high_open=True)
     checks.in_range(args.max_grad_norm, 0, float("inf"), "--max-grad-norm", low_open=True, high_open=True)
     checks.in_range(args.ema_decay, 0, 1, "--ema-decay")
-    checks.unet_folder(args.student, "--student")
-    checks.unet_folder(getattr(args, "teacher_unet", None), "--teacher-unet")
     if args.resume not in (None, "latest"):
         checks.existing_dir(args.resume, "--resume", what="checkpoint folder", contains="trainer_state.json",
                             hint="pass --resume latest or a RUN_DIR/checkpoints/checkpoint-N folder")
 
 
+def check_args(args) -> None:
+    """Every distill option that can be checked before the teacher is loaded."""
+    from .. import checks
+
+    check_common_args(args)
+    for flag in ("lambda_task", "lambda_out", "lambda_feat"):
+        checks.at_least(getattr(args, flag), 0, "--" + flag.replace("_", "-"))
+    checks.unet_folder(args.student, "--student")
+    checks.unet_folder(getattr(args, "teacher_unet", None), "--teacher-unet")
+
+
 def run(args) -> int:
+    check_args(args)
+    return run_config(config_from_args(args))
+
+
+def run_config(config) -> int:
+    """Run a distillation and print its summary (the main process only)."""
     from ..distill import distill
 
-    check_args(args)
-
-    result = distill(config_from_args(args), command=["bksdm-edge", *sys.argv[1:]])
+    result = distill(config, command=["bksdm-edge", *sys.argv[1:]])
     if not result.is_main_process:
         return 0
     summary = {"steps": result.steps, "processes": result.world_size,

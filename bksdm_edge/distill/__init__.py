@@ -14,6 +14,7 @@ from .config import (
     LossConfig,
     OptimConfig,
     ValidationConfig,
+    VaeConfig,
 )
 from .data import DataError, load_rows
 from .features import FeatureCapture
@@ -23,6 +24,6 @@ from .train import DistillResult, distill, read_log
 
 __all__ = [
     "OBJECTIVES", "CheckpointConfig", "DataConfig", "DataError", "DistillConfig", "DistillError", "DistillResult",
-    "FeatureCapture", "LcmConfig", "LossConfig", "OptimConfig", "ValidationConfig", "cache_latents", "distill",
+    "FeatureCapture", "LcmConfig", "LossConfig", "OptimConfig", "ValidationConfig", "VaeConfig", "cache_latents", "distill",
     "distill_losses", "get_objective", "load_rows", "open_cache", "read_log", "training_target",
 ]

@@ -91,6 +91,44 @@ class LcmConfig:
 
 
 @dataclass(frozen=True)
+class VaeConfig:
+    """Tiny-VAE distillation (``objective="vae"``, ``bksdm-edge distill-vae``; see ``distill/vae.py``).
+
+    Attributes:
+        channels: width of every stage of the ``AutoencoderTiny`` (None: TAESD's 64, capped at the teacher VAE's
+            first width; ``tiny_vae.tiny_vae_config``).
+        encoder: also train the tiny encoder (towards the teacher encoder's latents); otherwise only the decoder.
+        trajectories: number of teacher text-to-image runs whose final latents the decoder also trains on
+            (generated once per run, from the data's captions or ``trajectory_prompts``).
+        trajectory_steps / trajectory_guidance: sampling steps (the teacher's scheduler) and CFG scale of those runs.
+        trajectory_fraction: share of each micro-batch added as trajectory latents (round(batch x fraction) rows
+            on top of the batch's image latents).
+        trajectory_prompts: a prompt file (one per line) instead of the data's captions.
+        lambda_l1 / lambda_l2: pixel losses against the teacher decoder's image.
+        lambda_edge: L1 between Sobel gradients (keeps edges sharp).
+        lambda_fft: L1 between FFT magnitudes at 3 scales (a multi-scale frequency loss).
+        lambda_adv: hinge-GAN term with a patch discriminator trained from scratch (0: no discriminator).
+        disc_channels: width of the discriminator's first layer.
+        lambda_enc: MSE of the tiny encoder's latents against the teacher encoder's (with ``encoder``).
+    """
+
+    channels: int | None = None
+    encoder: bool = False
+    trajectories: int = 64
+    trajectory_steps: int = 25
+    trajectory_guidance: float = 7.5
+    trajectory_fraction: float = 0.25
+    trajectory_prompts: str | None = None
+    lambda_l1: float = 1.0
+    lambda_l2: float = 1.0
+    lambda_edge: float = 1.0
+    lambda_fft: float = 0.0
+    lambda_adv: float = 0.0
+    disc_channels: int = 32
+    lambda_enc: float = 1.0
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     """AdamW and the learning-rate schedule (``diffusers.optimization.get_scheduler`` names)."""
 
@@ -118,7 +156,7 @@ class CheckpointConfig:
 
 
 # Validation sampling steps when ValidationConfig.num_inference_steps is None, per objective.
-DEFAULT_VALIDATION_STEPS = {"kd": 25, "lcm": 4}
+DEFAULT_VALIDATION_STEPS = {"kd": 25, "lcm": 4, "vae": 25}
 
 
 @dataclass(frozen=True)
@@ -143,9 +181,11 @@ class DistillConfig:
             (whose plan it then uses). With ``lcm`` it
             builds the student from the teacher when ``student`` is None (None there: the teacher's U-Net).
         out: run folder (checkpoints, logs, final ``unet``/``unet_ema``, ``run_config.json``).
-        student: optional U-Net folder to start from instead of the teacher-initialised student.
-        objective: "kd" (the BK-SDM paper's task + output-KD + feature-KD) or "lcm" (latent consistency
-            distillation: a few-step student, see ``LcmConfig``).
+        student: optional U-Net folder to start from instead of the teacher-initialised student (``vae``: a tiny
+            VAE source, e.g. madebyollin/taesd, to fine-tune instead of a freshly initialised one).
+        objective: "kd" (the BK-SDM paper's task + output-KD + feature-KD), "lcm" (latent consistency
+            distillation: a few-step student, see ``LcmConfig``) or "vae" (a tiny VAE learns the teacher's VAE,
+            ``bksdm-edge distill-vae``, see ``VaeConfig``).
         max_steps: optimizer steps.
         batch_size: images per process per micro-batch; the global batch is
             ``batch_size * grad_accum * processes``.
@@ -181,6 +221,7 @@ class DistillConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     lcm: LcmConfig = field(default_factory=LcmConfig)
+    vae: VaeConfig = field(default_factory=VaeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -188,7 +229,7 @@ class DistillConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
         nested = {"data": DataConfig, "loss": LossConfig, "optim": OptimConfig, "checkpoint": CheckpointConfig,
-                  "validation": ValidationConfig, "lcm": LcmConfig}
+                  "validation": ValidationConfig, "lcm": LcmConfig, "vae": VaeConfig}
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in known}
         for name, sub in nested.items():
@@ -207,7 +248,9 @@ class DistillConfig:
 
 # Fields that fix the data order and the shapes of saved optimizer/EMA state: a resumed run must keep them.
 RESUME_INVARIANTS = ("objective", "variant", "batch_size", "grad_accum", "seed", "ema", "data.resolution",
-                     "data.center_crop", "data.random_flip", "world_size", "lcm.time_cond_proj_dim")
+                     "data.center_crop", "data.random_flip", "world_size", "lcm.time_cond_proj_dim",
+                     "vae.channels", "vae.encoder", "vae.lambda_adv", "vae.disc_channels", "vae.trajectories",
+                     "vae.trajectory_fraction")
 
 
 def versions() -> dict[str, str]:

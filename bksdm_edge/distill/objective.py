@@ -54,6 +54,8 @@ class Objective:
     loss_names: ClassVar[tuple[str, ...]]
     # Model components loaded besides the U-Net and scheduler even when a latent cache makes them optional.
     always_needs: ClassVar[tuple[str, ...]] = ()
+    # The run folders of the trained student and of its EMA copy.
+    output_dirs: ClassVar[tuple[str, str]] = ("unet", "unet_ema")
 
     def __init__(self, config: DistillConfig):
         self.config = config
@@ -95,6 +97,19 @@ class Objective:
     def after_optimizer_step(self, inner: torch.nn.Module) -> None:
         """Called after every optimizer step with the unwrapped student."""
 
+    def ema_model(self, student: torch.nn.Module) -> torch.nn.Module:
+        """The diffusers model whose parameters ``--ema`` averages and ``save_student`` saves (default: the student)."""
+        return student
+
+    def save_student(self, inner: torch.nn.Module, out: Path, *, report: StudentReport, extra: dict[str, Any]) -> Path:
+        """Write the student as a model folder at ``out`` (the loop makes it atomic); default: a U-Net folder
+        with ``bksdm_edge.json``, decorated by ``decorate_unet_folder``."""
+        from ..student import save_student
+
+        save_student(inner, out, teacher=self.config.teacher, report=report, extra={**self.student_meta(), **extra})
+        self.decorate_unet_folder(out)
+        return out
+
     def save_outputs(self, run_dir: Path, inner: torch.nn.Module, save_unet: Callable[..., Path],
                      extra: dict[str, Any]) -> dict[str, str]:
         """Write objective-specific outputs; return {output name: folder relative to the run}."""
@@ -132,7 +147,7 @@ def register(cls: type[Objective]) -> type[Objective]:
 
 def get_objective(config: DistillConfig) -> Objective:
     """The objective named by ``config.objective``, with its options checked."""
-    from . import kd, lcm  # noqa: F401  (register)
+    from . import kd, lcm, vae  # noqa: F401  (register)
 
     if config.objective not in OBJECTIVES:
         raise DistillError(f"unknown --objective {config.objective!r}; choose from {', '.join(sorted(OBJECTIVES))}")

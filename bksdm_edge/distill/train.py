@@ -23,7 +23,6 @@ import torch
 
 from ..loading import load_model
 from ..outputs import atomic_dir
-from ..student import save_student
 from .cache import CachedDataset, build_cache, check_cache, encode_moments, encode_text, open_cache
 from .checkpoint import (
     clean_partial,
@@ -134,13 +133,11 @@ def _open_log(path: Path, resume_step: int | None):
     return open(path, "a", buffering=1)
 
 
-def _save_unet_atomic(unet, out: Path, objective: Objective | None = None, **kwargs) -> Path:
-    # A temporary sibling renamed into place: a kill never leaves a half-written U-Net, and the previous one
-    # (a resumed run's) is only deleted once the new one is complete.
+def _save_atomic(objective: Objective, inner, out: Path, **kwargs) -> Path:
+    """``objective.save_student`` into a temporary sibling renamed into place: a kill never leaves a half-written
+    student, and the previous one (a resumed run's) is only deleted once the new one is complete."""
     with atomic_dir(out) as tmp:
-        save_student(unet, tmp, **kwargs)
-        if objective is not None:
-            objective.decorate_unet_folder(tmp)
+        objective.save_student(inner, tmp, **kwargs)
     return out
 
 
@@ -222,7 +219,6 @@ def distill(config: DistillConfig, *, command: list[str] | None = None) -> Disti
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
-    from diffusers import UNet2DConditionModel
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
@@ -243,7 +239,7 @@ def distill(config: DistillConfig, *, command: list[str] | None = None) -> Disti
 
     # 2. New run or resume.
     checkpoint = resolve_resume(run_dir, config.checkpoint.resume)
-    if checkpoint is None and (list_checkpoints(run_dir) or (run_dir / "unet").exists()):
+    if checkpoint is None and (list_checkpoints(run_dir) or (run_dir / objective.output_dirs[0]).exists()):
         raise DistillError(f"{run_dir} already holds a run; pass --resume latest to continue it or choose another --out")
     resume_state = _check_resume(checkpoint, config, world) if checkpoint else None
     if is_main:
@@ -293,8 +289,9 @@ def distill(config: DistillConfig, *, command: list[str] | None = None) -> Disti
         raise DistillError(f"--lr-scheduler {config.optim.lr_scheduler!r}: {err}") from err
     ema = None
     if config.ema:
-        ema = EMAModel(student.parameters(), decay=config.ema_decay, model_cls=UNet2DConditionModel,
-                       model_config=student.config)
+        averaged = objective.ema_model(student)
+        ema = EMAModel(averaged.parameters(), decay=config.ema_decay, model_cls=type(averaged),
+                       model_config=averaged.config)
         ema.to(device)
         accelerator.register_for_checkpointing(ema)
     for obj in objective.checkpoint_objects():
@@ -372,7 +369,7 @@ def distill(config: DistillConfig, *, command: list[str] | None = None) -> Disti
                 raise DistillError("internal: an optimizer step ended without a gradient sync")
             objective.after_optimizer_step(inner)
             if ema is not None:
-                ema.step(inner.parameters())
+                ema.step(objective.ema_model(inner).parameters())
             global_step += 1
             means = accelerator.reduce(sums / config.grad_accum, reduction="mean").tolist()
             seconds = time.perf_counter() - started
@@ -407,9 +404,10 @@ def distill(config: DistillConfig, *, command: list[str] | None = None) -> Disti
                 render_validation(model, inner, config, global_step, accelerator, objective)
     bar.close()
 
-    # 8. Final outputs: the student (and its EMA) as diffusers U-Net folders with the run config beside them.
+    # 8. Final outputs: the student (and its EMA) as diffusers model folders with the run config beside them.
     accelerator.wait_for_everyone()
-    unet_dir, ema_dir = run_dir / "unet", (run_dir / "unet_ema" if ema is not None else None)
+    main_name, ema_name = objective.output_dirs
+    unet_dir, ema_dir = run_dir / main_name, (run_dir / ema_name if ema is not None else None)
     outputs: dict[str, str | None] = {}
     if is_main:
         v = config.validation
@@ -419,16 +417,16 @@ def distill(config: DistillConfig, *, command: list[str] | None = None) -> Disti
                              "objective": config.objective}}
 
         def save_unet(unet, out: Path, extra: dict) -> Path:
-            return _save_unet_atomic(unet, out, objective, teacher=config.teacher, report=report,
-                                     extra={**objective.student_meta(), **extra})
+            return _save_atomic(objective, unet, out, report=report, extra=extra)
 
         save_unet(inner, unet_dir, extra)
         if ema is not None:
-            ema.store(inner.parameters())
-            ema.copy_to(inner.parameters())
+            averaged = objective.ema_model(inner).parameters
+            ema.store(averaged())
+            ema.copy_to(averaged())
             save_unet(inner, ema_dir, {"distill": {**extra["distill"], "ema_decay": config.ema_decay}})
-            ema.restore(inner.parameters())
-        outputs = {"unet": "unet", "unet_ema": "unet_ema" if ema is not None else None,
+            ema.restore(averaged())
+        outputs = {main_name: main_name, ema_name: ema_name if ema is not None else None,
                    **objective.save_outputs(run_dir, inner, save_unet, extra)}
         result_info = {**run_info, "status": "finished", "steps": global_step, "last_losses": last,
                        "outputs": outputs}
