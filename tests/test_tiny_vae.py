@@ -133,3 +133,24 @@ def test_onnx_bundle_with_tiny_decoder_matches_diffusers(tmp_path):
     want = ref("a red car", height=64, width=64, num_inference_steps=3, latents=torch.from_numpy(latents),
                output_type="np").images[0]
     assert psnr(want, image.astype(np.float32) / 255, peak=1.0) >= 40.0
+
+
+def test_eval_and_profile_take_a_vae(tmp_path, capsys):
+    from bksdm_edge.cli import main
+
+    caps = tmp_path / "caps.txt"
+    caps.write_text("a handwritten digit four\na handwritten digit seven\n")
+    assert main(["eval", "--model", "builtin:mini-sd-digits", "--vae", "tiny", "--captions", str(caps),
+                 "--out", str(tmp_path / "ev"), "--feature-extractor", "digits", "--metrics", "clip",
+                 "--resolution", "0", "--resize", "0", "--steps", "2", "--batch", "2"]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["vae"] == "tiny" and metrics["n_images"] == 2
+    assert len(list((tmp_path / "ev" / "im32").glob("*.png"))) == 2  # native 32 px of the digits teacher
+    out = tmp_path / "p.json"
+    assert main(["profile", "--teacher", "builtin:sd-v1.4", "--components", "vae_decoder", "--vae", "tiny",
+                 "--json", str(out)]) == 0
+    rows = {m["name"]: m for m in json.loads(out.read_text())["models"]}
+    assert rows["vae:tiny"]["params"] == TAESD_DECODER_PARAMS
+    assert rows["teacher"]["macs_paper"] / rows["vae:tiny"]["macs_paper"] > 15  # 1240.5G vs 70.7G at 512 px
+    assert "| vae:tiny | vae_decoder |" in capsys.readouterr().out
+    assert main(["profile", "--teacher", "builtin:sd-v1.4", "--vae", "tiny"]) == 2  # no VAE component asked for
