@@ -47,6 +47,12 @@ class TinyVaeEvalConfig:
     export: tuple[str, str] = ("onnx", "int8")
 
 
+def _digit_cfg(cfg: TinyVaeEvalConfig):
+    from .digits import DigitEvalConfig
+
+    return DigitEvalConfig(seeds=cfg.eval_seeds, steps=cfg.eval_steps, guidance_scale=cfg.guidance_scale)
+
+
 def _record(work: Path, name: str, make) -> dict[str, Any]:
     path = work / "records" / f"{name}.json"
     if path.exists():
@@ -62,15 +68,18 @@ def _record(work: Path, name: str, make) -> dict[str, Any]:
 def distill_tiny_vae(cfg: TinyVaeEvalConfig, work: Path, progress: bool = True) -> Path:
     """Run (or resume) the digits distill-vae run; returns its run folder."""
     from ..distill import CheckpointConfig, DataConfig, DistillConfig, OptimConfig, VaeConfig, distill
-    from .ablation import ensure_data
+    from .digits import write_digits_imagefolder
 
     run = work / "run"
+    data = work / "data"
+    if not (data / "metadata.jsonl").exists():
+        write_digits_imagefolder(data, RESOLUTION)
     if (run / "vae" / "config.json").exists():
         return run
     config = DistillConfig(
         teacher=TEACHER, variant=None, out=str(run), objective="vae", max_steps=cfg.steps, batch_size=cfg.batch_size,
         progress=progress, report_to="none", log_every=50,
-        data=DataConfig(source=str(ensure_data(work)), resolution=RESOLUTION, num_workers=0,
+        data=DataConfig(source=str(data), resolution=RESOLUTION, num_workers=0,
                         cache_dir=str(work / "cache")),
         optim=OptimConfig(lr=cfg.lr, weight_decay=0.0),
         checkpoint=CheckpointConfig(every=500, keep=1, resume="latest"),
@@ -98,11 +107,15 @@ def decode_all(vae, latents, batch: int = 100) -> np.ndarray:
     return np.concatenate(out)
 
 
-def psnr_stats(reference: np.ndarray, images: np.ndarray) -> dict[str, float]:
-    """PSNR (dB, peak 255) per image (mean, min) and of the whole set pooled."""
-    per = [psnr(r, x, peak=255.0) for r, x in zip(reference, images)]
-    return {"mean_db": round(float(np.mean(per)), 2), "min_db": round(float(np.min(per)), 2),
-            "pooled_db": round(psnr(reference, images, peak=255.0), 2), "images": len(per)}
+def psnr_stats(reference: np.ndarray, images: np.ndarray) -> dict[str, Any]:
+    """``digits.image_psnr`` (pooled and worst image, peak 255) plus the mean over images, rounded for tables."""
+    from .digits import image_psnr
+
+    stats = image_psnr(reference, images)
+    per = [psnr(r, x, peak=255.0) for r, x in zip(reference, images) if not np.array_equal(r, x)]
+    return {"mean_db": round(float(np.mean(per)), 2) if per else None,
+            "min_db": round(stats["psnr_db_min"], 2), "pooled_db": round(stats["psnr_db_pooled"], 2),
+            "identical_images": stats["identical_images"], "images": stats["psnr_images"]}
 
 
 def heldout_latents(model):
@@ -117,15 +130,13 @@ def heldout_latents(model):
         return encode_latents(model.vae, x) * model.vae.config.scaling_factor
 
 
-def initial_latents(cfg: TinyVaeEvalConfig, model):
-    """The initial noise of every (digit, seed) image: what diffusers draws from ``Generator().manual_seed(seed)``."""
-    import torch
+def eval_jobs(cfg: TinyVaeEvalConfig, model):
+    """The (digit, seed) of every evaluation image, digit-major, and the initial noise diffusers draws for each."""
+    from .digits import initial_latents
 
-    side = RESOLUTION // model.vae_scale_factor
     jobs = [(d, s) for d in range(10) for s in range(cfg.eval_seeds)]
-    lat = torch.cat([torch.randn((1, model.unet.config.in_channels, side, side),
-                                 generator=torch.Generator().manual_seed(s)) for _, s in jobs])
-    return jobs, lat
+    side = RESOLUTION // model.vae_scale_factor
+    return jobs, initial_latents([s for _, s in jobs], model.unet.config.in_channels, side)
 
 
 def trajectory_latents(cfg: TinyVaeEvalConfig, model, work: Path):
@@ -137,7 +148,7 @@ def trajectory_latents(cfg: TinyVaeEvalConfig, model, work: Path):
     path = work / "eval_trajectories.npy"
     if path.exists():
         return torch.from_numpy(np.load(path))
-    jobs, lat = initial_latents(cfg, model)
+    jobs, lat = eval_jobs(cfg, model)
     pipe = model.to_pipeline()
     pipe.set_progress_bar_config(disable=True)
     out = []
@@ -162,7 +173,7 @@ def evaluate_pytorch(cfg: TinyVaeEvalConfig, work: Path, run: Path) -> dict[str,
     tiny = load_model(TEACHER, vae=str(run), components=("vae",)).vae
     held = heldout_latents(model)
     traj = trajectory_latents(cfg, model, work)
-    jobs, _ = initial_latents(cfg, model)
+    jobs, _ = eval_jobs(cfg, model)
     digits = [d for d, _ in jobs]
     rec: dict[str, Any] = {"psnr_vs_teacher_decoder": {}, "scores": {}}
     images = {}
@@ -188,12 +199,10 @@ def evaluate_pytorch(cfg: TinyVaeEvalConfig, work: Path, run: Path) -> dict[str,
 def evaluate_bundle(cfg: TinyVaeEvalConfig, work: Path, run: Path, decoder: str) -> dict[str, Any]:
     """Export text encoder + U-Net + ``decoder`` (teacher / tiny) to ``cfg.export`` and score the bundle's images
     (same initial latents as the PyTorch runs); PSNR against the PyTorch teacher-decoded images."""
-    import torch
-
     from ..export.pipeline import export_bundle
     from ..generate import BundlePipeline
     from ..loading import load_model
-    from .digits import caption, score_digits
+    from .digits import generate_bundle_digits, score_digits
 
     fmt, precision = cfg.export
     model = load_model(TEACHER)
@@ -202,14 +211,13 @@ def evaluate_bundle(cfg: TinyVaeEvalConfig, work: Path, run: Path, decoder: str)
     bundle = export_bundle(TEACHER, vae=vae, out=work / "bundles" / f"{decoder}_{fmt}-{precision}", format=fmt,
                            precision=precision, height=RESOLUTION, width=RESOLUTION, overwrite=True, progress=False)
     export_s = time.perf_counter() - t
-    jobs, lat = initial_latents(cfg, model)
-    pipe = BundlePipeline(bundle)
+    _, lat = eval_jobs(cfg, model)
     t = time.perf_counter()
-    imgs = np.stack([pipe(caption(d), steps=cfg.eval_steps, guidance=cfg.guidance_scale, latents=lat[i : i + 1].numpy())[0]
-                     for i, (d, _) in enumerate(jobs)]).transpose(0, 3, 1, 2)
+    images, digits = generate_bundle_digits(BundlePipeline(bundle), _digit_cfg(cfg), lat)
     gen_s = time.perf_counter() - t
     ref = decode_all(model.vae, trajectory_latents(cfg, model, work))
-    scores = score_digits(torch.from_numpy(imgs), [d for d, _ in jobs], resolution=RESOLUTION)
+    imgs = images.numpy()
+    scores = score_digits(images, digits, resolution=RESOLUTION)
     manifest = json.loads((bundle / "manifest.json").read_text())
     dec_bytes = sum(f.stat().st_size for f in (bundle / "vae_decoder").rglob("*") if f.is_file())
     return {"decoder": decoder, "format": fmt, "precision": precision, "vae_kind": manifest["vae"]["kind"],
