@@ -117,7 +117,7 @@ def test_ready_configs_expand():
     from bksdm_edge.bench.runner import resolve_config
     from bksdm_edge.bench.scenario import load_config
 
-    for name in ("quick", "cpu-full", "gpu"):
+    for name in ("quick", "cpu-full", "gpu", "tiny-vae"):
         cfg = load_config(resolve_config(name))
         assert cfg.scenarios and any(s.is_teacher for s in cfg.scenarios)
 
@@ -209,4 +209,28 @@ def test_lcm_model_suffix_builds_the_few_step_architecture():
     macs = paper_macs([s, Scenario(model="bk-tiny", component="unet", backend="pytorch", source="builtin:tiny-sd",
                                    resolution=64)], log=lambda m: None)
     for c, same_as in (("unet", "bk-tiny"), ("text_encoder", "teacher"), ("vae_decoder", "teacher")):
-        assert macs[("builtin:tiny-sd", "bk-tiny+lcm", c, 64)] == macs[("builtin:tiny-sd", same_as, c, 64)] > 0
+        assert macs[("builtin:tiny-sd", "bk-tiny+lcm", c, 64, "teacher")] == \
+            macs[("builtin:tiny-sd", same_as, c, 64, "teacher")] > 0
+
+
+def test_vae_field_times_a_tiny_decoder_against_the_teachers(tmp_path):
+    """``vae: tiny`` rows: their own artifact, compared with the SD decoder's row of the same backend and run."""
+    raw = {
+        "name": "vae", "source": "builtin:tiny-sd",
+        "defaults": {"model": "teacher", "component": "vae_decoder", "resolution": 64, "threads": 1, "repeats": 2,
+                     "warmup": 1, "timeout_s": 300},
+        "matrix": [{"vae": ["teacher", "tiny"], "backend": ["pytorch", "onnxruntime"]}],
+    }
+    doc = run_benchmark(expand(raw), tmp_path / "run", cache=tmp_path / "cache", log=lambda m: None)
+    rows = {(r["vae"], r["backend"]): r for r in doc["rows"]}
+    assert len(rows) == 4 and all(r["error"] is None for r in rows.values()), [r["error"] for r in rows.values()]
+    for backend in ("pytorch", "onnxruntime"):
+        sd, tiny = rows[("teacher", backend)], rows[("tiny", backend)]
+        assert sd["speedup_vs_teacher"] == pytest.approx(1.0)
+        assert tiny["speedup_vs_teacher"] == pytest.approx(sd["median_s"] / tiny["median_s"])
+        assert tiny["macs_g"] != sd["macs_g"] and tiny["macs_ratio_vs_teacher"] == pytest.approx(
+            tiny["macs_g"] / sd["macs_g"])
+    assert rows[("tiny", "onnxruntime")]["size_mb"] != rows[("teacher", "onnxruntime")]["size_mb"]
+    assert "| teacher | vae_decoder | onnxruntime | fp32 |  | tiny |" in (tmp_path / "run" / "report.md").read_text()
+    with pytest.raises(ConfigError, match="vae: tiny applies to"):
+        expand({"matrix": [{"model": "teacher", "component": "unet", "backend": "pytorch", "vae": "tiny"}]})

@@ -425,6 +425,8 @@ def artifact_dir(cache: Path, s: Scenario, backend: Backend) -> Path:
     elif "/" in s.model:
         model = "folder_" + Path(s.model).name
     variant = f"+{s.variant}" if s.variant and s.options.get("export") else ""
+    if s.vae != TEACHER:  # another decoder, another artifact
+        model += "+vae_" + (s.vae if "/" not in s.vae else "folder_" + Path(s.vae).name)
     # A pipeline does not depend on the step count (it is a run-time argument).
     return (cache / source / model / s.component
             / f"{backend.artifact_format()}-{backend.artifact_precision(s.precision)}{variant}"
@@ -471,7 +473,7 @@ def load_scenario_model(s: Scenario, parts: tuple[str, ...]):
 
     name, lcm = split_lcm(s.model)
     folder = name if name != TEACHER and Path(name).is_dir() else None
-    model = load_model(s.source, unet=folder, components=parts)
+    model = load_model(s.source, unet=folder, vae=s.vae, components=parts)
     if name != TEACHER and folder is None and "unet" in parts:  # a built-in plan name or a plan file
         from ..student import build_student
 

@@ -33,7 +33,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 def markdown_table(rows: list[dict]) -> str:
     cols = [("model", "model"), ("component", "component"), ("backend", "backend"), ("precision", "prec"),
-            ("variant", "variant"),
+            ("variant", "variant"), ("vae", "VAE"),
             ("resolution", "px"), ("batch", "batch"), ("threads", "thr"), ("device", "device"), ("steps", "steps"),
             ("median_s", "median s"), ("p90_s", "p90 s"), ("min_s", "min s"), ("cold_s", "cold s"),
             ("load_s", "load s"), ("peak_rss_mb", "peak RSS MB"), ("size_mb", "size MB"),

@@ -35,6 +35,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("backend", str, doc="pytorch, onnxruntime, litert, coreml, ..."),
     Column("precision", str),
     Column("variant", str, "", doc="the scenario's named options (e.g. conv-only)"),
+    Column("vae", str, "teacher", doc="the VAE of vae_decoder/vae_encoder/generate rows: teacher or a --vae source "
+                                       "(tiny: the TAESD architecture)"),
     Column("batch", int),
     Column("resolution", int, doc="image side in px"),
     Column("threads", int),
@@ -86,8 +88,8 @@ COLUMNS: tuple[Column, ...] = (
 BY_NAME = {c.name: c for c in COLUMNS}
 CSV_COLUMNS = tuple(c.name for c in COLUMNS if c.csv)
 # The columns a scenario fills (``scenario_row``).
-SCENARIO_COLUMNS = ("model", "component", "backend", "precision", "variant", "batch", "resolution", "threads",
-                    "device", "steps", "repeats", "warmup", "source")
+SCENARIO_COLUMNS = ("model", "component", "backend", "precision", "variant", "vae", "batch", "resolution",
+                    "threads", "device", "steps", "repeats", "warmup", "source")
 # The measurement the bench worker returns, copied into the row as it is.
 MEASURED_COLUMNS = ("median_s", "p90_s", "min_s", "mean_s", "cold_s", "first_run_s", "load_s", "peak_gpu_mb",
                     "baseline_rss_mb", "times_s", "warmup_s", "component_s", "text_encoder_share", "unet_share",

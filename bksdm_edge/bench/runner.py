@@ -90,7 +90,9 @@ def add_ratios(rows: list[dict[str, Any]], macs: dict[tuple, int] | None = None)
         return (d["source"], d["component"], d["backend"], d["precision"], d["resolution"], d["batch"],
                 d["threads"], d["device"], d.get("steps"))
 
-    teachers = {key(r): r for r in rows if r["model"] == "teacher" and not r["error"] and not r.get("variant")}
+    # The reference: the teacher model with its own VAE (rows of a tiny VAE compare with the SD decoder's).
+    teachers = {key(r): r for r in rows if r["model"] == "teacher" and (r.get("vae") or "teacher") == "teacher"
+                and not r["error"] and not r.get("variant")}
     for r in rows:
         t = teachers.get(key(r))
         if t is not None and not r["error"]:
@@ -104,20 +106,22 @@ def add_ratios(rows: list[dict[str, Any]], macs: dict[tuple, int] | None = None)
         if ref is not None and not r["error"] and r["median_s"]:
             r["speedup_vs_teacher_pytorch_fp32"] = ref["median_s"] / r["median_s"]
         if macs:
-            mine, teacher = (_row_macs(macs, r, model) for model in (r["model"], "teacher"))
+            mine = _row_macs(macs, r, r["model"], r.get("vae") or "teacher")
+            teacher = _row_macs(macs, r, "teacher", "teacher")
             if mine:
                 r["macs_g"] = mine / 1e9
             if mine and teacher:
                 r["macs_ratio_vs_teacher"] = mine / teacher
 
 
-def _row_macs(macs: dict[tuple, int], r: dict[str, Any], model: str) -> int | None:
-    """Paper-convention MACs of one call of the row's component at its batch.
+def _row_macs(macs: dict[tuple, int], r: dict[str, Any], model: str, vae: str = "teacher") -> int | None:
+    """Paper-convention MACs of one call of the row's component at its batch, with ``vae`` for the VAE parts.
 
     ``generate``: the text encoder and ``steps`` U-Net calls at the row's batch (2 = CFG), one VAE decode.
     """
     def one(component):
-        return macs.get((r["source"], model, component, r["resolution"]))
+        return macs.get((r["source"], model, component, r["resolution"],
+                         vae if component in ("vae_decoder", "vae_encoder") else "teacher"))
 
     if r["component"] != "generate":
         m = one(r["component"])
@@ -130,16 +134,20 @@ def _row_macs(macs: dict[tuple, int], r: dict[str, Any], model: str) -> int | No
 
 
 def paper_macs(scenarios: list[Scenario], log: Callable[[str], None] = print) -> dict[tuple, int]:
-    """Paper-convention MACs per (source, model, component, resolution), batch 1, from the profiler."""
+    """Paper-convention MACs per (source, model, component, resolution, vae), batch 1, from the profiler
+    (``vae`` is "teacher" except for the VAE components of scenarios with another VAE)."""
     from ..profiler import profile_teacher_and_students
 
     out: dict[tuple, int] = {}
     groups: dict[tuple, set] = {}
+    vaes: dict[tuple, set] = {}
     for s in scenarios:
         if s.is_bundle:
             continue  # an exported bundle has no PyTorch model to profile
         for c in (("text_encoder", "unet", "vae_decoder") if s.component == "generate" else (s.component,)):
             groups.setdefault((s.source, s.resolution), set()).add((s.model, c))
+            if s.vae != "teacher" and c in ("vae_decoder", "vae_encoder"):
+                vaes.setdefault((s.source, s.resolution), set()).add((s.vae, c))
     for (source, res), pairs in groups.items():
         components = sorted({c for _, c in pairs})
         # ``+lcm`` models count as their base model: the guidance projection adds dim x 320 MACs (< 1e-5).
@@ -155,14 +163,22 @@ def paper_macs(scenarios: list[Scenario], log: Callable[[str], None] = print) ->
             log(f"  MACs not available for {source} at {res}px: {err}")
             continue
         for p in rows:
-            out[(source, p.name, p.component, res)] = p.macs_paper
+            out[(source, p.name, p.component, res, "teacher")] = p.macs_paper
+        for vae, c in vaes.get((source, res), ()):
+            try:
+                tiny = profile_teacher_and_students(source, (), resolution=res, components=(c,), vae=vae)[-1]
+            except Exception as err:  # noqa: BLE001 - as above
+                log(f"  MACs not available for --vae {vae} at {res}px: {err}")
+                continue
+            out[(source, "teacher", c, res, vae)] = tiny.macs_paper
         for m, c in pairs:
             base = split_lcm(m)[0]
-            if (source, base, c, res) in out:
-                out.setdefault((source, m, c, res), out[(source, base, c, res)])
-            # Students share the teacher's text encoder and VAE.
-            if c != "unet" and (source, "teacher", c, res) in out:
-                out.setdefault((source, m, c, res), out[(source, "teacher", c, res)])
+            for key in [k for k in out if k[0] == source and k[1] == base and k[2] == c and k[3] == res]:
+                out.setdefault((source, m, c, res, key[4]), out[key])
+            # Students share the teacher's text encoder and VAE (whichever VAE the scenario names).
+            if c != "unet":
+                for key in [k for k in out if k[0] == source and k[1] == "teacher" and k[2] == c and k[3] == res]:
+                    out.setdefault((source, m, c, res, key[4]), out[key])
     return out
 
 
@@ -187,7 +203,8 @@ STOPPED = "not measured: the run was stopped before this scenario"
 def _row_key(r: dict[str, Any]) -> tuple:
     """What identifies a row's scenario (for resuming a stopped run)."""
     return tuple(r.get(k) for k in ("source", "model", "component", "backend", "precision", "resolution", "batch",
-                                    "threads", "device")) + (r.get("variant") or "", r.get("steps"))
+                                    "threads", "device")) + (r.get("variant") or "", r.get("steps"),
+                                                             r.get("vae") or "teacher")
 
 
 def run_benchmark(config: BenchConfig, out_dir: str | Path, *, cache: str | Path | None = None,

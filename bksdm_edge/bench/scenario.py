@@ -38,6 +38,7 @@ def split_lcm(model: str) -> tuple[str, bool]:
 # U-Net calls, VAE decoder) through the backend's pipeline (diffusers for PyTorch, the
 # torch-free bundle pipeline for exported formats).
 COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder", "generate")
+VAE_COMPONENTS = ("vae_decoder", "vae_encoder", "generate")  # the components a scenario's ``vae`` changes
 BUNDLE_MANIFEST = "manifest.json"
 
 
@@ -78,6 +79,9 @@ class Scenario:
     # Scenarios that set options must name them with ``variant`` (it keys the artifact cache and the report).
     options: dict[str, Any] = field(default_factory=dict, hash=False)
     variant: str = ""
+    # The VAE of vae_decoder / vae_encoder / generate scenarios: ``teacher`` (the source's own) or a ``--vae``
+    # source (``tiny``: the TAESD architecture sized for the source; a distill-vae run; an AutoencoderTiny folder).
+    vae: str = TEACHER
 
     def __post_init__(self):
         if self.component not in COMPONENTS:
@@ -95,6 +99,8 @@ class Scenario:
                 checks.resolution(self.source, self.resolution, flags=("resolution",))
             except InputError as err:
                 raise ConfigError(f"scenario {self.model}/{self.component}: {err}") from None
+        if self.vae != TEACHER and self.component not in VAE_COMPONENTS:
+            raise ConfigError(f"vae: {self.vae} applies to {', '.join(VAE_COMPONENTS)}, not {self.component}")
 
     @property
     def is_teacher(self) -> bool:
@@ -113,13 +119,14 @@ class Scenario:
     @property
     def label(self) -> str:
         steps = f"/{self.run_steps}steps" if self.run_steps else ""
-        return (f"{self.model}/{self.component}{steps}/{self.backend}-{self.precision}"
+        vae = f"+vae:{self.vae}" if self.vae != TEACHER else ""
+        return (f"{self.model}{vae}/{self.component}{steps}/{self.backend}-{self.precision}"
                 f"{'+' + self.variant if self.variant else ''}/{self.resolution}px"
                 f"/b{self.batch}/t{self.threads}/{self.device}")
 
     def teacher_scenario(self) -> "Scenario":
-        """The teacher's scenario this row is compared with (same everything but the model)."""
-        return replace(self, model=TEACHER)
+        """The teacher's scenario this row is compared with (same everything but the model and the VAE)."""
+        return replace(self, model=TEACHER, vae=TEACHER)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
