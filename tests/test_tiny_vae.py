@@ -113,12 +113,14 @@ def test_runtime_knows_every_kind_and_refuses_others():
 
 def test_onnx_bundle_with_tiny_decoder_matches_diffusers(tmp_path):
     from bksdm_edge.export.pipeline import export_bundle, validate_bundle
-    from bksdm_edge.export.validation import psnr
+    from bksdm_edge.export.request import ExportRequest
     from bksdm_edge.generate import BundlePipeline
+    from bksdm_edge.metrics import psnr
 
     model = load_model("builtin:tiny-sd", vae="tiny")
-    bundle = export_bundle("builtin:tiny-sd", model=model, out=tmp_path / "b", progress=False,
-                           components=("text_encoder", "unet", "vae_decoder", "vae_encoder"))
+    bundle = export_bundle(ExportRequest(out=tmp_path / "b", model="builtin:tiny-sd", vae="tiny", progress=False,
+                                         components=("text_encoder", "unet", "vae_decoder", "vae_encoder")),
+                           model=model)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["vae"]["kind"] == "autoencoder-tiny" and manifest["vae"]["class"] == "AutoencoderTiny"
     assert manifest["latent_scaling_factor"] == 1.0 and manifest["vae_decoder_input_scaled"] is False

@@ -50,10 +50,12 @@ def test_tiny_decoder_exports_and_validates(fmt, precision, model, one_prompt, t
         assert (bundle / "Resources" / "VAEDecoder.mlpackage").is_dir()
     else:
         from bksdm_edge.export.pipeline import export_bundle
+        from bksdm_edge.export.request import Calibration, ExportRequest, Validation
 
-        bundle = export_bundle("builtin:tiny-sd", model=model, out=tmp_path / "b", format=fmt, precision=precision,
-                               components=("vae_decoder",), validation_steps=2, calibration_prompts=one_prompt,
-                               calibration_steps=2, progress=False)
+        bundle = export_bundle(ExportRequest(
+            out=tmp_path / "b", model="builtin:tiny-sd", vae="tiny", format=fmt, precision=precision,
+            components=("vae_decoder",), validation=Validation(steps=2),
+            calibration=Calibration(prompts=one_prompt, steps=2), progress=False), model=model)
     manifest = json.loads((bundle / "manifest.json").read_text())
     report = json.loads((bundle / "validation.json").read_text())
     assert manifest["vae"]["kind"] == "autoencoder-tiny" and manifest["latent_scaling_factor"] == 1.0

@@ -353,9 +353,9 @@ class ExportBackend(Backend):
         from ..export.pipeline import ExportRequest, export_bundle
 
         model = load_scenario_model(s, PIPELINE_PARTS)
-        request = ExportRequest(out=out_dir / "bundle", model=s.source, format=self.FORMAT, precision=s.precision,
-                                height=s.resolution, width=s.resolution, batch=s.batch, overwrite=True,
-                                progress=False)
+        request = ExportRequest(out=out_dir / "bundle", model=s.source, vae=s.vae, format=self.FORMAT,
+                                precision=s.precision, height=s.resolution, width=s.resolution, batch=s.batch,
+                                overwrite=True, progress=False)
         bundle = export_bundle(request, model=model)
         return {"files": _files_under(bundle, out_dir), "main": "bundle", "extra": {"bundle": str(bundle)}}
 

@@ -200,6 +200,7 @@ def evaluate_bundle(cfg: TinyVaeEvalConfig, work: Path, run: Path, decoder: str)
     """Export text encoder + U-Net + ``decoder`` (teacher / tiny) to ``cfg.export`` and score the bundle's images
     (same initial latents as the PyTorch runs); PSNR against the PyTorch teacher-decoded images."""
     from ..export.pipeline import export_bundle
+    from ..export.request import ExportRequest
     from ..generate import BundlePipeline
     from ..loading import load_model
     from .digits import generate_bundle_digits, score_digits
@@ -208,8 +209,9 @@ def evaluate_bundle(cfg: TinyVaeEvalConfig, work: Path, run: Path, decoder: str)
     model = load_model(TEACHER)
     vae = str(run) if decoder == "tiny" else None
     t = time.perf_counter()
-    bundle = export_bundle(TEACHER, vae=vae, out=work / "bundles" / f"{decoder}_{fmt}-{precision}", format=fmt,
-                           precision=precision, height=RESOLUTION, width=RESOLUTION, overwrite=True, progress=False)
+    bundle = export_bundle(ExportRequest(out=work / "bundles" / f"{decoder}_{fmt}-{precision}", model=TEACHER, vae=vae,
+                                         format=fmt, precision=precision, height=RESOLUTION, width=RESOLUTION,
+                                         overwrite=True, progress=False))
     export_s = time.perf_counter() - t
     _, lat = eval_jobs(cfg, model)
     t = time.perf_counter()
