@@ -200,7 +200,9 @@ def prepare_objective(objective: Objective, accelerator, need_encoders: bool = T
         student.enable_gradient_checkpointing()
     for frozen in (model.unet, model.vae, model.text_encoder):
         if frozen is not None:
-            frozen.requires_grad_(False).eval().to(device, dtype=weight_dtype)
+            frozen.requires_grad_(False).eval().to(device)
+            if weight_dtype != torch.float32:  # a float32 cast is a no-op that diffusers warns about
+                frozen.to(dtype=weight_dtype)
     student.train()
     objective.setup(ctx, student)
     return ctx, student, report

@@ -37,7 +37,7 @@ class TinyVaeEvalConfig:
     batch_size: int = 32
     lr: float = 1e-3
     trajectories: int = 256
-    trajectory_fraction: float = 0.25
+    trajectory_fraction: float = 0.5
     lambda_edge: float = 1.0
     lambda_fft: float = 0.0
     lambda_adv: float = 0.0
