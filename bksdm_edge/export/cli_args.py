@@ -28,7 +28,8 @@ VAE_HELP = (
     "VAE decoder (and encoder) to export: teacher (default, the model's own AutoencoderKL); a tiny TAESD-architecture "
     "decoder: a `bksdm-edge distill-vae` run folder, an AutoencoderTiny folder or hub id (e.g. madebyollin/taesd, "
     "from the local Hugging Face cache when offline), or 'tiny' (the architecture with random weights, for "
-    "benchmarks). The manifest records the decoder kind and its latent scaling (1.0 for a tiny decoder)."
+    "benchmarks). The manifest records the decoder kind and its latent scaling (latent_scaling_factor: 1.0 for a "
+    "tiny decoder; in Apple's Swift pipeline set Configuration.decoderScaleFactor and encoderScaleFactor to it)."
 )
 
 

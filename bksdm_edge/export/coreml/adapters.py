@@ -112,14 +112,26 @@ class ChannelsFirstText(nn.Module):
 
 class VaeEncoderMoments(nn.Module):
     """The VAE encoder as Apple exports it: ``image`` -> ``latent``, the parameters of the latent distribution
-    (mean and log-variance stacked on the channel axis), which Swift's ``Encoder`` samples from."""
+    (mean and log-variance stacked on the channel axis), which Swift's ``Encoder`` samples from.
+
+    A tiny (TAESD) encoder returns latents, not a distribution: they become the mean, with the smallest
+    log-variance Swift's sampler accepts (-30, std 3e-7), so its sample is the encoder's output."""
 
     def __init__(self, vae: nn.Module):
         super().__init__()
+        from ...tiny_vae import kind_of
+
         self.vae = vae
+        self.distribution = kind_of(vae).encoder_returns_distribution
 
     def forward(self, sample):
-        return self.vae.encode(sample, return_dict=False)[0].parameters
+        out = self.vae.encode(sample, return_dict=False)[0]
+        if self.distribution:
+            return out.parameters
+        return torch.cat([out, torch.full_like(out, TINY_LOGVAR)], dim=1)
+
+
+TINY_LOGVAR = -30.0  # diffusers' and Swift's DiagonalGaussianDistribution clamp log-variance to [-30, 20]
 
 
 def apple_adapter(component: str, module: nn.Module, input_names) -> nn.Module:
