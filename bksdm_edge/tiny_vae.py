@@ -309,11 +309,15 @@ def encode_latents(vae, pixels: torch.Tensor) -> torch.Tensor:
 
 def describe(vae, source: str) -> dict[str, Any]:
     """The manifest's ``vae`` entry: which decoder a bundle holds and how to feed it."""
-    kind = kind_of(vae)
+    return vae_entry(kind_of(vae), source, sum(p.numel() for p in vae.decoder.parameters()))
+
+
+def vae_entry(kind: VaeKind, source: str, decoder_params: int) -> dict[str, Any]:
+    """The manifest's ``vae`` entry from its facts (``describe`` for a loaded VAE; the golden bundle's)."""
     return {
         "kind": kind.name,
         "class": kind.diffusers_class,
         "source": source,
-        "decoder_params": sum(p.numel() for p in vae.decoder.parameters()),
+        "decoder_params": decoder_params,
         "description": kind.description,
     }

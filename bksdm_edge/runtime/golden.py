@@ -292,6 +292,7 @@ def bundle_golden(tmp_dir: Path, vocab: str, merges: str) -> dict[str, str]:
     from bksdm_edge.export.bundle import MANIFEST, component_entry, write_manifest
     from bksdm_edge.export.manifest import ModelFacts, build_manifest
     from bksdm_edge.export.request import ExportRequest
+    from bksdm_edge.tiny_vae import TEACHER, VAE_KINDS, vae_entry
 
     root = tmp_dir / "bundle"
     files = {f"{c}/model.onnx": f"placeholder for the {c} model of the golden bundle\n" for c in GOLDEN_BUNDLE_IO}
@@ -307,7 +308,8 @@ def bundle_golden(tmp_dir: Path, vocab: str, merges: str) -> dict[str, str]:
                                    [TensorInfo(*t) for t in outs], "fp32")
         components[name] = component_entry(converted, root)
     facts = ModelFacts(family="sd-v1", variant="bk-tiny", vae_scale_factor=8, latent_channels=4,
-                       latent_scaling_factor=0.18215, scheduler=SD_V1_SCHEDULER, pad_token="<|endoftext|>")
+                       latent_scaling_factor=0.18215, scheduler=SD_V1_SCHEDULER, pad_token="<|endoftext|>",
+                       vae=vae_entry(VAE_KINDS["autoencoder-kl"], TEACHER, 1_000_000))
     manifest = build_manifest(
         request, request.target, facts, height=64, width=64, max_length=77, components=components,
         validation={"prompt": request.validation.prompt, "steps": request.validation.steps, "passed": True,

@@ -52,6 +52,7 @@ class ManifestGoldenTest {
         assertEquals(raw["prediction_type"], m.predictionType)
         assertEquals(raw["scheduler"], m.scheduler)
         assertEquals(raw["source"], m.source)
+        assertEquals(obj(raw["vae"])["kind"], m.vaeKind)
         assertNull(m.guidanceEmbedding)
 
         val tok = obj(raw["tokenizer"])
