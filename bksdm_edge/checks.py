@@ -181,6 +181,25 @@ def unet_folder(path, flag: str) -> Path | None:
                         hint="pass a folder written by `bksdm-edge build` or `distill` (e.g. RUN_DIR/unet)")
 
 
+def vae_source(value, flag: str = "--vae") -> str | None:
+    """``value`` (if given) must name a VAE: ``teacher``, ``tiny``, an existing folder, or a hub id (``owner/name``,
+    looked up in the Hugging Face cache on loading). A path that does not exist is refused here."""
+    if value is None or str(value) in ("teacher", "tiny"):
+        return value
+    text = str(value)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"{flag} {text} is a file; pass a `bksdm-edge distill-vae` run folder or an "
+                             "AutoencoderTiny folder")
+        return value
+    if text.startswith((".", "/", "~")) or text.count("/") != 1 or "\\" in text:
+        raise InputError(f"{flag} {text}: no such folder (and not a hub id owner/name); pass a `bksdm-edge "
+                         "distill-vae` run folder, an AutoencoderTiny folder, a hub id such as madebyollin/taesd, "
+                         "'tiny' or 'teacher'")
+    return value
+
+
 def bundle_folder(path, flag: str = "--bundle") -> Path | None:
     """``path`` (if given) must be a folder with a ``manifest.json`` (its contents are verified on loading)."""
     return existing_dir(path, flag, what="bundle folder", contains="manifest.json",

@@ -251,9 +251,9 @@ def load_vae(src: str | Path, teacher_vae_config, *, dtype=torch.float32, weight
             except OSError as err:
                 raise VaeSourceError(
                     f"Could not load the tiny VAE {src!r}: it is neither a local folder nor a hub id in the local "
-                    f"Hugging Face cache ({err}). With network access it downloads once; offline (HF_HUB_OFFLINE=1) "
-                    "only cached ids load. Other choices: a `bksdm-edge distill-vae` run folder, an "
-                    "AutoencoderTiny folder, 'tiny' (random weights) or 'teacher'."
+                    "Hugging Face cache. With network access it downloads once; offline (HF_HUB_OFFLINE=1) only "
+                    "cached ids load. Other choices: a `bksdm-edge distill-vae` run folder, an AutoencoderTiny "
+                    "folder, 'tiny' (random weights) or 'teacher'."
                 ) from err
     try:
         if weights:

@@ -290,6 +290,18 @@ CASES = [
     case("distill-out-user-folder", *DISTILL, "--out", "{ws}/mine", needles=("not a distillation run",)),
     case("distill-steps-wrong-type", *DISTILL, "--max-steps", "1e3", "--out", "{ws}/run", usage=True,
          needles=("--max-steps", "invalid int value")),
+    # distill-vae: the shared option checks, its own numbers, and --vae / --student sources (export, eval, profile)
+    case("distill-vae-lambda-negative", "distill-vae", "--teacher", "builtin:tiny-sd", "--data", "{ws}/captions.csv",
+         "--resolution", "64", "--lambda-edge", "-1", "--out", "{ws}/run", needles=("--lambda-edge must be >= 0",)),
+    case("distill-vae-out-user-folder", "distill-vae", "--teacher", "builtin:tiny-sd", "--data", "{ws}/captions.csv",
+         "--resolution", "64", "--out", "{ws}/mine", needles=("not a distillation run",)),
+    case("distill-vae-student-missing", "distill-vae", "--teacher", "builtin:tiny-sd", "--data", "{ws}/captions.csv",
+         "--resolution", "64", "--student", "{ws}/nope", "--out", "{ws}/run", needles=("--student", "no such folder")),
+    case("export-vae-missing", *EXPORT, "--vae", "{ws}/nope", "--out", "{ws}/b", needles=("--vae", "no such folder")),
+    case("export-vae-is-a-file", *EXPORT, "--vae", "{ws}/captions.csv", "--out", "{ws}/b",
+         needles=("--vae", "is a file")),
+    case("profile-vae-missing", "profile", "--components", "vae_decoder", "--vae", "./nope",
+         needles=("--vae ./nope", "no such folder")),
     # cache-latents
     case("cache-resolution-not-multiple", "cache-latents", "--teacher", "builtin:tiny-sd", "--data",
          "{ws}/captions.csv", "--resolution", "100", "--cache-dir", "{ws}/cache", needles=("multiple of 64",)),

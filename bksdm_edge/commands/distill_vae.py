@@ -87,6 +87,7 @@ def check_args(args) -> None:
                           ("trajectory_fraction", 0), ("lambda_l1", 0), ("lambda_l2", 0), ("lambda_edge", 0),
                           ("lambda_fft", 0), ("lambda_adv", 0), ("lambda_enc", 0)):
         checks.at_least(getattr(args, flag), minimum, "--" + flag.replace("_", "-"))
+    checks.vae_source(args.student, "--student")
     if args.trajectory_prompts:
         checks.existing_file(args.trajectory_prompts, "--trajectory-prompts")
 

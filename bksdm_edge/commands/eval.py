@@ -69,6 +69,7 @@ def check_args(args) -> None:
     checks.finite(args.guidance_scale, "--guidance-scale")
     checks.choices([m.strip() for m in args.metrics.split(",") if m.strip()], METRICS, "--metrics")
     checks.unet_folder(args.unet, "--unet")
+    checks.vae_source(args.vae, "--vae")
     checks.existing_file(args.captions, "--captions", suffixes=(".csv", ".txt"), what="caption file")
     if args.ref is not None and args.ref.suffix.lower() == ".npz":
         checks.existing_file(args.ref, "--ref", what="reference statistics file")

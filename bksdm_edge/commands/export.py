@@ -30,6 +30,7 @@ def check_args(args) -> None:
 
     checks.resolution(args.model, args.height, args.width, flags=("--height", "--width"))
     checks.unet_folder(args.unet, "--unet")
+    checks.vae_source(args.vae, "--vae")
     checks.output_dir(args.out, "--out")
     if getattr(args, "calibration_prompts", None) is not None:
         checks.text_file(args.calibration_prompts, "--calibration-prompts", what="prompt file")

@@ -43,6 +43,7 @@ def run(args) -> int:
     components = checks.choices([c.strip() for c in args.components.split(",") if c.strip()], ALL_COMPONENTS,
                                 "--components")
     checks.unet_folder(args.unet, "--unet")
+    checks.vae_source(args.vae, "--vae")
     checks.output_file(args.json, "--json", suffixes=(".json",), what="JSON file")
 
     from ..outputs import write_text_atomic
