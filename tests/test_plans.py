@@ -305,7 +305,8 @@ def test_bench_model_can_be_a_plan_file(tmp_path):
     model = load_scenario_model(s, ("unet",))
     assert model.unet.config.mid_block_type == "UNetMidBlock2D"
     macs = paper_macs([s, dataclasses.replace(s, model="teacher")], log=print)
-    assert 0 < macs[("builtin:tiny-sd", str(plan_file), "unet", 64)] < macs[("builtin:tiny-sd", "teacher", "unet", 64)]
+    key = ("builtin:tiny-sd", str(plan_file), "unet", 64, "teacher")  # (source, model, component, resolution, vae)
+    assert 0 < macs[key] < macs[("builtin:tiny-sd", "teacher", "unet", 64, "teacher")]
     # every row names its plan (a folder: the plan its config corresponds to)
     from bksdm_edge.bench.runner import plan_labels
 
