@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import BksdmError, InputError, first_line
 from .export.bundle import verify_bundle
-from .export.registry import get_target
+from .export.registry import ExportTarget, get_target, runner_kwargs
 from .export.tensor_io import from_runner_outputs, tensor_info_from_json, to_runner_inputs
 from .runtime import (
     ClipTokenizer,
@@ -74,14 +74,60 @@ class _Component:
         return np.concatenate(parts)[:rows]
 
 
+PIPELINE_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+
+
+def choose_runtime(target: type[ExportTarget], components: dict[str, Any], requested: str | None = None
+                   ) -> tuple[str | None, dict[str, Any]]:
+    """The run-time setting to load a bundle with: (its name, ``load_runner`` options).
+
+    ``requested`` None or ``"auto"``: the first of the target's ``RUNTIME_VARIANTS`` (fastest first) that passed
+    the bundle's validation for every component and that this machine can run, else the target's default
+    (``DEFAULT_RUNTIME``, e.g. OpenVINO ``f32``). A named setting is used if this machine can run it and the
+    bundle's validation did not fail it (a bundle exported on a CPU without it has it unchecked: allowed).
+    """
+    names = [n for n in (target.DEFAULT_RUNTIME, *target.RUNTIME_VARIANTS) if n]
+
+    def outcome(variant: str) -> list[dict]:
+        return [(components[c].get("extra") or {}).get("runtime_validation", {}).get(variant, {"checked": False})
+                for c in PIPELINE_COMPONENTS if c in components]
+
+    if requested not in (None, "auto"):
+        if requested not in names:
+            raise BksdmError(f"{target.name()} bundles have no inference precision {requested!r}; choose from "
+                             f"{', '.join(['auto', *names]) if names else 'auto (the format has one setting)'}")
+        if requested == target.DEFAULT_RUNTIME:
+            return requested, {}
+        why = target.runtime_variant_unavailable(requested)
+        if why:
+            raise BksdmError(f"cannot run with inference precision {requested} here: {why}; use "
+                             f"{target.DEFAULT_RUNTIME} (or auto)")
+        failed = [r for r in outcome(requested) if r.get("checked") and not r.get("passed")]
+        if failed:
+            raise BksdmError(f"this bundle failed its {requested} validation ({failed[0]['failures'][:1]}); "
+                             f"use {target.DEFAULT_RUNTIME} (or auto)")
+        return requested, dict(target.RUNTIME_VARIANTS[requested].runner_options)
+    for variant, spec in target.RUNTIME_VARIANTS.items():
+        if target.runtime_variant_unavailable(variant) is None and all(r.get("passed") for r in outcome(variant)):
+            return variant, dict(spec.runner_options)
+    return target.DEFAULT_RUNTIME, {}
+
+
 class BundlePipeline:
     """A verified bundle, loaded: ``pipe(prompt, ...) -> (RGB uint8 HWC image, initial latents)``.
+
+    Args:
+        bundle: bundle folder (verified before anything is loaded).
+        threads: CPU threads of the runtime (None: the runtime's default).
+        inference_precision: run-time precision for formats that have several (OpenVINO: ``f32``/``bf16``);
+            None/``auto`` = the fastest that passed the bundle's validation and runs on this CPU
+            (``choose_runtime``). The choice is in ``self.runtime``.
 
     After each call ``last_timings`` holds the seconds spent in each component (``text_encoder``, ``unet``,
     ``vae_decoder``), in the rest (``other``: tokenizer, scheduler, guidance, conversions) and in all (``total``).
     """
 
-    def __init__(self, bundle: str | Path, *, threads: int | None = None):
+    def __init__(self, bundle: str | Path, *, threads: int | None = None, inference_precision: str | None = None):
         self.root = Path(bundle)
         self.manifest = verify_bundle(self.root)
         target = get_target(self.manifest["format"], self.manifest["precision"])
@@ -92,15 +138,17 @@ class BundlePipeline:
             self.vae_kind = vae_decoder_kind(self.manifest)
         except ValueError as err:
             raise BksdmError(f"{self.root}: {err}") from err
-        missing = [c for c in ("text_encoder", "unet", "vae_decoder") if c not in self.manifest["components"]]
+        missing = [c for c in PIPELINE_COMPONENTS if c not in self.manifest["components"]]
         if missing:
             raise BksdmError(f"{self.root} has no {', '.join(missing)}; text-to-image needs text_encoder, unet and "
                              "vae_decoder")
+        self.runtime, options = choose_runtime(target, self.manifest["components"], inference_precision)
+        options.update(runner_kwargs(target, threads=threads))
         self.components: dict[str, _Component] = {}
-        for name in ("text_encoder", "unet", "vae_decoder"):
+        for name in PIPELINE_COMPONENTS:
             entry = self.manifest["components"][name]
             self.components[name] = _Component(
-                name, target.load_runner(self.root / entry["file"]),
+                name, target.load_runner(self.root / entry["file"], **options),
                 [tensor_info_from_json(t) for t in entry["inputs"]],
                 [tensor_info_from_json(t) for t in entry["outputs"]],
             )
@@ -205,6 +253,9 @@ def generate(
     *,
     latents_in: str | Path | None = None,
     latents_out: str | Path | None = None,
+    threads: int | None = None,
+    inference_precision: str | None = None,
+    log: Callable[[str], None] | None = None,
     **kwargs: Any,
 ) -> np.ndarray:
     """Generate one image from a bundle; save it as PNG to ``out`` when given.
@@ -214,6 +265,8 @@ def generate(
         prompt: the text prompt.
         out: PNG path to write.
         latents_in / latents_out: .npy file to read / write the initial latents.
+        threads, inference_precision: see ``BundlePipeline``.
+        log: receives a line saying which run-time setting was chosen (formats with several).
         kwargs: ``BundlePipeline.__call__`` options (negative_prompt, steps, guidance, seed, scheduler).
     Returns the image as an HWC uint8 array.
     """
@@ -228,7 +281,12 @@ def generate(
     checks.output_file(latents_out, "--latents-out", suffixes=(".npy",), what="latents file")
     checks.output_file(out, "--out", suffixes=checks.IMAGE_SUFFIXES, what="image")
     latents = _load_latents(latents_in) if latents_in else None
-    pipe = BundlePipeline(bundle)
+    checks.at_least(threads, 1, "--threads")
+    pipe = BundlePipeline(bundle, threads=threads, inference_precision=inference_precision)
+    if log and pipe.runtime:
+        how = "auto: the fastest that passed this bundle's validation on this CPU" if inference_precision in (
+            None, "auto") else "as asked"
+        log(f"{pipe.manifest['format']} {pipe.manifest['precision']} bundle, inference precision {pipe.runtime} ({how})")
     image, used = pipe(prompt, latents=latents, **kwargs)
     if latents_out:
         buf = io.BytesIO()

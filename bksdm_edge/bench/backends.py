@@ -16,7 +16,6 @@ No torch import at module level: the parent process and ONNX/LiteRT workers stay
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import time
 from dataclasses import dataclass
@@ -41,12 +40,16 @@ class Loaded:
 
     ``split`` (pipelines): seconds the last ``run`` spent per component (``text_encoder``, ``unet``,
     ``vae_decoder``); the worker records their medians and shares.
+    ``reported_s``: for a back-end that cannot isolate the measured call from a larger run (a peer's whole
+    pipeline), the time of that call in the last run as the engine itself reports it; the row's times are then
+    these, and the wall times of the runs are kept apart.
     """
 
     run: Callable[[Any], Any]
     feed: Callable[[dict[str, np.ndarray]], Any] = lambda feeds: feeds
     sync: Callable[[], None] = lambda: None
     info: dict[str, Any] | None = None
+    reported_s: Callable[[], float] | None = None
     split: Callable[[], dict[str, float]] | None = None
 
 
@@ -86,8 +89,10 @@ class Backend:
     DEVICES: ClassVar[tuple[str, ...]] = ("cpu",)  # device kinds (prefix before ':') it runs on locally
     # Imported before the load clock starts: library import time is not model load time.
     RUNTIME_MODULES: ClassVar[tuple[str, ...]] = ()
-    # False for back-ends that do not convert the component (test fakes): no model is built.
+    # False for back-ends that do not convert the component (test fakes, peers that build their own artifact).
     NEEDS_MODULE: ClassVar[bool] = True
+    # True for another engine than ours (stable-diffusion.cpp): its rows are marked as peers in the report.
+    PEER: ClassVar[bool] = False
 
     def precisions(self) -> list[str]:
         raise NotImplementedError
@@ -338,15 +343,8 @@ class ExportBackend(Backend):
         from ..export import registry
 
         target = registry.get_target(self.FORMAT, s.precision)
-        load_runner = target.load_runner
-        kwargs = {}
-        params = inspect.signature(load_runner).parameters
-        if "threads" in params:
-            kwargs["threads"] = s.threads
-        for k, v in s.options.get("runner", {}).items():
-            if k in params:
-                kwargs[k] = v
-        runner = load_runner(artifact_dir / meta["main"], **kwargs)
+        kwargs = registry.runner_kwargs(target, threads=s.threads, **s.options.get("runner", {}))
+        runner = target.load_runner(artifact_dir / meta["main"], **kwargs)
         return Loaded(run=runner)
 
     def prepare_pipeline(self, s, out_dir):
@@ -362,14 +360,15 @@ class ExportBackend(Backend):
     def load_pipeline(self, s, artifact_dir, meta):
         from ..generate import BundlePipeline
 
-        pipe = BundlePipeline(artifact_dir / meta["main"], threads=s.threads)
+        pipe = BundlePipeline(artifact_dir / meta["main"], threads=s.threads,
+                              inference_precision=s.options.get("runner", {}).get("inference_precision"))
         guidance = guidance_of(s)
 
         def run(_):
             return pipe(BENCH_PROMPT, steps=s.steps, guidance=guidance, seed=0)[0]
 
         return Loaded(run=run, split=lambda: {c: pipe.last_timings[c] for c in SPLIT_COMPONENTS},
-                      info={"guidance": guidance, "steps": s.steps})
+                      info={"guidance": guidance, "steps": s.steps, "runtime": pipe.runtime})
 
     def prepare_bundle(self, s, out_dir):
         """A user's bundle is measured as it is: the artifact points into it, nothing is exported."""
@@ -542,3 +541,7 @@ def prepare_artifact(s: Scenario, cache: Path) -> dict:
     info["size_bytes"] = sum((out / f).stat().st_size for f in info["files"])
     (out / ARTIFACT_META).write_text(json.dumps(info, indent=2, default=str))
     return info
+
+
+# Back-ends in their own modules register themselves on import (the worker imports this module).
+from . import ov_backend, peers  # noqa: E402,F401

@@ -52,6 +52,8 @@ def markdown_table(rows: list[dict]) -> str:
             elif k == "split":
                 shares = [r.get(f"{c}_share") for c in ("text_encoder", "unet", "vae_decoder")]
                 v = " / ".join(f"{x:.0%}" for x in shares) if all(x is not None for x in shares) else None
+            elif k == "backend" and r.get("peer"):
+                v = f"{v} (peer)"  # another engine than ours, measured by the same harness
             elif k in ("peak_rss_mb", "size_mb") and isinstance(v, float):
                 v = f"{v:.0f}"
             elif k.endswith("_vs_teacher") or k.endswith("pytorch_fp32"):

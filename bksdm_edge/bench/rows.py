@@ -32,7 +32,7 @@ COLUMNS: tuple[Column, ...] = (
     # What was measured (copied from the scenario).
     Column("model", str, doc="teacher, a BK-SDM variant, a student folder or a bundle folder"),
     Column("component", str, doc="text_encoder, unet (one step), vae_decoder, vae_encoder or generate"),
-    Column("backend", str, doc="pytorch, onnxruntime, litert, coreml, ..."),
+    Column("backend", str, doc="pytorch, onnxruntime, litert, coreml, openvino, or a peer engine (sdcpp)"),
     Column("precision", str),
     Column("variant", str, "", doc="the scenario's named options (e.g. conv-only)"),
     Column("vae", str, "teacher", doc="the VAE of vae_decoder/vae_encoder/generate rows: teacher or a --vae source "
@@ -75,12 +75,17 @@ COLUMNS: tuple[Column, ...] = (
     Column("load_average_1m", float, doc="1-min load average when the row finished"),
     Column("source", str, doc="the teacher pipeline the models come from"),
     Column("error", str, doc="why there is no timing (empty when measured)"),
+    Column("peer", bool, False, doc="true for another engine than this toolkit's exports (stable-diffusion.cpp)"),
     # results.json only.
     Column("times_s", list, [], csv=False),
     Column("warmup_s", list, [], csv=False),
     Column("artifact", dict, csv=False, doc="what the exporter reported"),
     Column("component_s", dict, csv=False,
            doc="generate: median seconds per run in text_encoder, unet, vae_decoder and other (the rest)"),
+    Column("backend_info", dict, csv=False,
+           doc="what the runtime reported (threads; OpenVINO: inference precision and kernel types)"),
+    Column("run_wall_s", list, csv=False,
+           doc="wall time of each whole run when the engine reports the measured call's time itself (peers)"),
     Column("imported_from", str, csv=False, doc="the file an imported row came from"),
     Column("timing_note", str, csv=False, doc="how an on-device tool's numbers map to the columns"),
     Column("tool_output_tail", str, csv=False),
@@ -121,6 +126,8 @@ def coerce(name: str, value: Any) -> Any:
     if column is None or column.type in (list, dict) or isinstance(value, column.type):
         return value
     try:
+        if column.type is bool:
+            return str(value).strip().lower() in ("true", "1", "yes")  # CSV writes True/False
         if column.type is int:
             return int(float(value))  # "3" and "3.0" (CSV written from floats)
         return column.type(value)

@@ -60,6 +60,7 @@ class Runner:
     def run_scenario(self, s: Scenario) -> dict[str, Any]:
         row = scenario_row(s)
         try:
+            row["peer"] = get_backend(s.backend).PEER
             get_backend(s.backend).check(s)
         except BackendUnavailable as err:
             row["error"] = str(err)
@@ -80,6 +81,8 @@ class Runner:
             return row
         row.update({k: res.get(k) for k in MEASURED_COLUMNS})
         row["peak_rss_mb"] = res["peak_rss_mb"]
+        row["backend_info"] = res.get("backend_info") or {}
+        row["run_wall_s"] = res.get("run_wall_s")
         return row
 
 

@@ -61,15 +61,17 @@ def measure(s, cache: Path) -> dict:
     native = loaded.feed(feeds)
 
     splits: list[dict[str, float]] = []
+    walls: list[float] = []
 
     def timed() -> float:
         start = time.perf_counter()
         loaded.run(native)
         loaded.sync()
         seconds = time.perf_counter() - start
+        walls.append(seconds)
         if loaded.split is not None:
             splits.append({**loaded.split(), "total": seconds})
-        return seconds
+        return loaded.reported_s() if loaded.reported_s else seconds
 
     first = timed()
     warm = [timed() for _ in range(s.warmup)]
@@ -91,6 +93,8 @@ def measure(s, cache: Path) -> dict:
         "backend_info": loaded.info or {},
         **_split_columns(splits),
     }
+    if loaded.reported_s:
+        out["run_wall_s"] = walls
     if cuda:
         import torch
 

@@ -11,7 +11,7 @@ def register(subparsers) -> None:
     default_steps = ", ".join(f"{name} {cls.default_steps}" for name, cls in SCHEDULERS.items())
     p = subparsers.add_parser(
         "generate",
-        help="generate an image from a bundle (onnxruntime/LiteRT + numpy; no PyTorch)",
+        help="generate an image from a bundle (onnxruntime/LiteRT/OpenVINO + numpy; no PyTorch)",
         description="Verifies the bundle's hashes, then runs text encoder, denoising loop (classifier-free "
         "guidance) and VAE decoder. With the same initial latents (--latents-in) it reproduces diffusers' "
         "StableDiffusionPipeline on the source model. A latent consistency (LCM) bundle runs as diffusers' "
@@ -28,6 +28,10 @@ def register(subparsers) -> None:
     p.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="default: the bundle's scheduler")
     p.add_argument("--latents-in", type=Path, help=".npy initial latents (1, C, h, w) instead of seeded noise")
     p.add_argument("--latents-out", type=Path, help="save the initial latents used to this .npy")
+    p.add_argument("--threads", type=int, help="CPU threads of the runtime (default: the runtime's own)")
+    p.add_argument("--inference-precision", default="auto",
+                   help="run-time precision of formats that have several (OpenVINO: f32, bf16); auto = the fastest "
+                   "that passed the bundle's validation and this CPU runs natively")
     p.add_argument("--out", required=True, type=Path,
                    help="output image (.png; .jpg/.webp/.bmp also work); missing folders are created")
     p.set_defaults(func=run)
@@ -39,7 +43,8 @@ def run(args) -> int:
     generate(
         args.bundle, args.prompt, args.out, latents_in=args.latents_in, latents_out=args.latents_out,
         negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
-        scheduler=args.scheduler, progress=True,
+        scheduler=args.scheduler, progress=True, threads=args.threads,
+        inference_precision=args.inference_precision, log=print,
     )
     print(f"saved {args.out}")
     return 0

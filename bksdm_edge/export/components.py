@@ -164,3 +164,30 @@ COMPONENTS: dict[str, ComponentSpec] = {
     )
 }
 DEFAULT_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+
+
+def spec_for_inputs(input_names: tuple[str, ...]) -> ComponentSpec:
+    """The component whose wrapper takes these inputs (back-ends get example inputs, not the component name)."""
+    for spec in COMPONENTS.values():
+        if spec.input_names == tuple(input_names):
+            return spec
+    raise ValueError(f"no component takes inputs {list(input_names)}")
+
+
+def write_source_config(module: nn.Module, out_dir) -> "Path | None":
+    """Save the wrapped diffusers/transformers model's ``config.json`` into ``out_dir`` (what optimum's
+    pipelines read per component: ``unet.config.in_channels``, ``vae.config.scaling_factor``, ...)."""
+    from pathlib import Path
+
+    inner = next(module.children(), None)
+    config = getattr(inner, "config", None)
+    if config is None:
+        return None
+    out_dir = Path(out_dir)
+    if hasattr(inner, "save_config"):  # diffusers ConfigMixin
+        inner.save_config(out_dir)
+    elif hasattr(config, "save_pretrained"):  # transformers PretrainedConfig
+        config.save_pretrained(out_dir)
+    else:
+        return None
+    return out_dir / "config.json"

@@ -69,7 +69,7 @@ def export_bundle(request: ExportRequest, *, model=None) -> Path:
     from ..tokenizer_files import write_clip_tokenizer_files
     from .components import COMPONENTS
     from .inputs import prepare_inputs, read_prompts
-    from .validation import ValidationReport, validate_component
+    from .validation import ValidationReport, validate_component, validate_runtime_variants
 
     target = request.target
     writer = BundleWriter(request.out, overwrite=request.overwrite)  # refuses an existing bundle before slow work
@@ -105,6 +105,10 @@ def export_bundle(request: ExportRequest, *, model=None) -> Path:
             report.components[name] = validate_component(
                 name, target.for_component(name), module, converted, inputs[name].validation,
                 input_names=spec.input_names_for(model), output_names=spec.output_names)
+            if target.RUNTIME_VARIANTS:  # e.g. OpenVINO's bf16 inference precision, recorded for generate's default
+                converted.extra["runtime_validation"] = validate_runtime_variants(
+                    name, target.for_component(name), module, converted, inputs[name].validation,
+                    input_names=spec.input_names_for(model), output_names=spec.output_names)
             manifest_components[name] = component_entry(converted, root)
 
         # 4. Tokenizer, scheduler, the manifest and the format's own layout files, checked as a whole.

@@ -36,6 +36,7 @@ FORMAT_MODULES: dict[str, str] = {
     "onnx": "bksdm_edge.export.onnx",
     "tflite": "bksdm_edge.export.tflite",
     "coreml": "bksdm_edge.export.coreml",
+    "openvino": "bksdm_edge.export.openvino",
 }
 
 # The names of components.COMPONENTS / DEFAULT_COMPONENTS, repeated here so that torch-free code
@@ -81,6 +82,24 @@ class Tolerance:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+@dataclass(frozen=True)
+class RuntimeVariant:
+    """A run-time setting validated beside the target's default run (e.g. OpenVINO's bf16 inference precision).
+
+    The export validates each variant with the same routine and its own tolerances and records the outcome
+    in the manifest (``components.<name>.extra.runtime_validation``); a failing variant does not fail the export,
+    it is only never chosen by default. ``generate`` picks the first variant (fastest first) that passed for
+    every component and that this machine can run, else the target's default.
+    """
+
+    runner_options: dict[str, Any]
+    tolerances: dict[str, Tolerance]  # per component, with a "default" entry
+    description: str = ""
+
+    def tolerance(self, component: str) -> Tolerance:
+        return self.tolerances.get(component, self.tolerances["default"])
+
+
 class ExportTarget:
     """Base class of a registered target; subclasses set the class attributes."""
 
@@ -109,6 +128,10 @@ class ExportTarget:
     # Back-end functions (see base.py). Set with staticmethod(...).
     convert: ClassVar[Callable[..., ConvertedModel]]
     load_runner: ClassVar[Callable[..., Callable]]
+    # Run-time settings validated beside the default, fastest first (see RuntimeVariant); DEFAULT_RUNTIME names
+    # the default run itself (the setting ``load_runner`` uses without options), e.g. OpenVINO's "f32".
+    RUNTIME_VARIANTS: ClassVar[dict[str, RuntimeVariant]] = {}
+    DEFAULT_RUNTIME: ClassVar[str | None] = None
     # A check of the saved model for back-ends whose runtime cannot run here:
     # ``static_check(converted: ConvertedModel) -> list[str]`` (failure messages; empty = passed).
     static_check: ClassVar[Callable[[ConvertedModel], list[str]] | None] = None
@@ -179,6 +202,11 @@ class ExportTarget:
     def manifest_section(cls, request) -> dict[str, Any]:
         """Extra top-level manifest entries of this format (e.g. Core ML's ``coreml``)."""
         return {}
+
+    @classmethod
+    def runtime_variant_unavailable(cls, variant: str) -> str | None:
+        """Why a run-time variant cannot run on this machine (None = it can), e.g. a CPU without bf16."""
+        return None
 
     @classmethod
     def write_layout_files(cls, root: Path, info: dict[str, Any]) -> list[Path]:
@@ -259,6 +287,14 @@ def format_targets(fmt: str) -> list[type[ExportTarget]]:
         return []
     found = [t for (f, _), t in _TARGETS.items() if f == fmt]
     return sorted(found, key=lambda t: not t.DEFAULT)  # stable: registration order after the default
+
+
+def runner_kwargs(target: type[ExportTarget], **wanted: Any) -> dict[str, Any]:
+    """The keyword arguments among ``wanted`` (not None) that the target's ``load_runner`` takes (e.g. ``threads``)."""
+    import inspect
+
+    params = inspect.signature(target.load_runner).parameters
+    return {k: v for k, v in wanted.items() if v is not None and k in params}
 
 
 def precisions(fmt: str) -> list[str]:

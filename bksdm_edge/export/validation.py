@@ -135,6 +135,7 @@ def validate_component(
     input_names: tuple[str, ...],
     output_names: tuple[str, ...],
     runner: Callable | None = None,
+    tolerance: Tolerance | None = None,
 ) -> ComponentReport:
     """Validate one exported component against its PyTorch module.
 
@@ -147,10 +148,11 @@ def validate_component(
         input_names, output_names: the component's canonical names (``COMPONENTS[...]``).
         runner: the loaded exported model; ``None`` loads it with ``target.load_runner`` unless the
             target's runtime cannot run here.
+        tolerance: thresholds instead of the target's (a ``RuntimeVariant``'s, e.g. OpenVINO bf16).
     """
     import torch
 
-    tol = target.tolerance(component)
+    tol = tolerance or target.tolerance(component)
     report = ComponentReport(component, target.name(), tol.to_json())
     fail = report.failures.append
 
@@ -219,3 +221,29 @@ def validate_component(
                 fail(f"[{input_set.name}] output {info.name!r}: {b}")
         entry["passed"] = not any(f.startswith(f"[{input_set.name}]") for f in report.failures)
     return report
+
+
+def validate_runtime_variants(component: str, target: type[ExportTarget], module, converted: ConvertedModel,
+                              input_sets: list, **names) -> dict[str, dict[str, Any]]:
+    """Validate each of the target's ``RUNTIME_VARIANTS`` that this machine can run (same routine, the variant's
+    tolerances); returns {variant: {"passed", "min_psnr_db", "min_cosine", "failures"} or {"checked": False, "why"}}.
+
+    A failing variant does not fail the export; the outcome goes to the manifest so that readers only choose a
+    variant that held (``names``: ``input_names``/``output_names`` as for ``validate_component``).
+    """
+    results: dict[str, dict[str, Any]] = {}
+    for variant, spec in target.RUNTIME_VARIANTS.items():
+        why = target.runtime_unavailable() or target.runtime_variant_unavailable(variant)
+        if why:
+            results[variant] = {"checked": False, "why": why}
+            continue
+        runner = target.load_runner(converted, **spec.runner_options)
+        r = validate_component(component, target, module, converted, input_sets, runner=runner,
+                               tolerance=spec.tolerance(component), **names)
+        results[variant] = {
+            "checked": True, "passed": r.passed, "tolerance": r.tolerance,
+            "min_psnr_db": min((x["psnr_db"] for x in r.sets if "psnr_db" in x), default=None),
+            "min_cosine": min((x["cosine"] for x in r.sets if "cosine" in x), default=None),
+            "failures": r.failures[:5],
+        }
+    return results

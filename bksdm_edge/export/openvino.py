@@ -1,0 +1,353 @@
+"""OpenVINO back-end: IR (``openvino_model.xml`` + ``.bin``) per component, run with the OpenVINO CPU plugin.
+
+Conversion path, measured (tiny U-Net on this 2-core machine, loaded): OpenVINO's PyTorch frontend
+(``ov.convert_model(module, example_input=...)``, TorchScript tracing) took 50 s; our TorchScript ONNX export
+(the ONNX target's ``export_fp32``) followed by ``ov.convert_model(model.onnx)`` took 13 s, with the same
+accuracy (max |diff| 6e-7 vs PyTorch both ways). So the IR is made from the same ONNX graph the ONNX target
+validates, with batch/height/width exported as dynamic axes and then reshaped to the static export shape:
+the IR declares static shapes (what the CPU plugin compiles fastest and NPUs need), yet keeps its shape
+sub-graphs, so optimum-intel's ``OVStableDiffusionPipeline`` can reshape it (it reshapes every model to
+dynamic shapes on load, and the U-Net to the CFG batch of 2).
+
+Precisions (NNCF for the int8 ones):
+- ``fp32``: float32 IR.
+- ``fp16``: float16-compressed weights (``save_model(compress_to_fp16=True)``); the CPU plugin decompresses
+  them and computes in f32 (or bf16 with that hint).
+- ``int8``: optimum-intel's hybrid recipe: U-Net and VAE fully quantized with ``nncf.quantize`` (post-training,
+  calibrated on real pipeline inputs recorded like the ONNX int8 calibration, ``ModelType.TRANSFORMER``);
+  the text encoder int8 weight-only (``nncf.compress_weights``). Which ops stay float: see ``INT8_RECIPE``.
+- ``int8-weight-only``: every component's weights int8 (``nncf.compress_weights``, INT8_ASYM), float math.
+
+Run-time: ``load_runner(path, threads=, inference_precision=)``: ``f32`` (the default, and what the export
+gate validates) or ``bf16`` (OpenVINO's inference-precision hint; on CPUs with AVX512-BF16 or AMX the
+plugin then runs convolutions/matmuls in bf16). bf16 is validated beside f32 at export time (a
+``RuntimeVariant``); ``generate`` uses it by default where it passed and the CPU has bf16 units.
+
+openvino/nncf are imported inside functions (and openvino is the only run-time dependency): ``generate``
+loads this module without torch.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import ConvertedModel, ExportError, TensorInfo
+from .registry import ExportTarget, RuntimeVariant, Tolerance, register_target
+
+MODEL_FILE = "openvino_model.xml"
+WEIGHTS_FILE = "openvino_model.bin"
+CONFIG_FILE = "config.json"
+INFERENCE_PRECISIONS = {"f32": "f32", "bf16": "bf16"}  # our names -> OpenVINO's INFERENCE_PRECISION_HINT
+INSTALL_HINT = "pip install 'bksdm-edge[openvino]' (openvino; nncf for int8 exports)"
+
+# The int8 recipe per component (options["quantization"]):
+# - "ptq": nncf.quantize of activations and weights (U-Net, VAE). ``attention`` says what happens to
+#   attention's activation x activation MatMuls (QK^T, AV): "float" leaves them out of quantization (ignored
+#   scope), "int8" quantizes them too. Measured: see docs/openvino.md (int8 recipe).
+# - "weights": nncf.compress_weights, int8 weights with float activations (text encoder, int8-weight-only).
+INT8_RECIPE = {"attention": "float"}
+
+
+def _ov():
+    try:
+        import openvino
+    except ModuleNotFoundError as err:
+        raise ExportError(f"The OpenVINO back-end needs the package 'openvino': {INSTALL_HINT}") from err
+    return openvino
+
+
+# ---------------------------------------------------------------------------------------------
+# conversion
+
+
+def convert(
+    module,
+    example_inputs: dict[str, Any],
+    output_names: list[str] | tuple[str, ...],
+    out_dir: str | Path,
+    precision: str,
+    *,
+    calibration: list[dict[str, np.ndarray]] | None = None,
+    options: dict[str, Any] | None = None,
+) -> ConvertedModel:
+    """Convert ``module`` to ``out_dir/openvino_model.xml`` (+ ``.bin`` and the source's ``config.json``).
+
+    Args:
+        module: the component wrapper (``nn.Module``) in eval mode.
+        example_inputs: input name -> torch tensor; their shapes are the static shapes of the IR.
+        output_names: names of the outputs.
+        out_dir: component folder (created).
+        precision: ``fp32``, ``fp16``, ``int8`` or ``int8-weight-only``.
+        calibration: input dicts (numpy) for ``quantization="ptq"``.
+        options: ``dynamic_axes`` (keep these axes dynamic in the IR instead of reshaping to the example
+            shapes), ``quantization`` ("ptq" | "weights"), ``attention`` ("float" | "int8", ptq only).
+    """
+    ov = _ov()
+    from .components import spec_for_inputs, write_source_config
+    from .onnx import export_fp32
+
+    options = dict(options or {})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = spec_for_inputs(tuple(example_inputs))
+    extra: dict[str, Any] = {"converted_from": "onnx (torch.onnx TorchScript exporter)",
+                             "openvino": ov.get_version().split("-")[0]}
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".work-") as work:
+        # 1. The same ONNX graph as the ONNX target, with reshapeable axes.
+        onnx_path = export_fp32(module, example_inputs, output_names, Path(work) / "model.onnx",
+                                options.get("dynamic_axes") or spec.dynamic_axes)
+        model = ov.convert_model(str(onnx_path))
+        # 2. Static shapes unless asked otherwise.
+        if not options.get("dynamic_axes"):
+            model.reshape({name: list(t.shape) for name, t in example_inputs.items()})
+        # 3. Precision.
+        if precision.startswith("int8"):
+            model = _quantize(model, precision, calibration, options, extra)
+        elif precision not in ("fp32", "fp16"):
+            raise ExportError(f"The OpenVINO back-end has no precision {precision!r}")
+        path = out_dir / MODEL_FILE
+        ov.save_model(model, str(path), compress_to_fp16=precision == "fp16")
+    files = [path, out_dir / WEIGHTS_FILE]
+    config = write_source_config(module, out_dir)
+    if config is not None:
+        files.append(config)
+    inputs, outputs = model_io(model)
+    if precision == "fp16":
+        extra["weights"] = "float16 (decompressed by the CPU plugin)"
+    return ConvertedModel(path=path, files=files, inputs=inputs, outputs=outputs, precision=precision, extra=extra)
+
+
+def attention_ops(model) -> list[str]:
+    """Names of attention's activation x activation products: the ``ScaledDotProductAttention`` ops that OpenVINO's
+    ONNX frontend fuses from QK^T -> softmax -> AV, and any MatMul left with no constant (weight) input."""
+    def constant(output) -> bool:
+        node = output.get_node()
+        while node.get_type_name() in ("Convert", "Reshape", "Transpose", "Unsqueeze"):
+            node = node.input(0).get_source_output().get_node()
+        return node.get_type_name() == "Constant"
+
+    return [op.get_friendly_name() for op in model.get_ordered_ops()
+            if op.get_type_name() == "ScaledDotProductAttention"
+            or (op.get_type_name() == "MatMul" and not any(constant(i.get_source_output()) for i in op.inputs()))]
+
+
+def _quantize(model, precision: str, calibration, options: dict[str, Any], extra: dict[str, Any]):
+    try:
+        import nncf
+    except ModuleNotFoundError as err:
+        raise ExportError(f"OpenVINO int8 exports need the package 'nncf': {INSTALL_HINT}") from err
+
+    method = options.get("quantization", "weights")
+    if method == "weights":
+        extra["quantization"] = "weights: nncf.compress_weights INT8_ASYM (per-channel), float activations"
+        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    if method != "ptq":
+        raise ExportError(f"OpenVINO int8 needs options['quantization'] = 'ptq' or 'weights', got {method!r}")
+    if not calibration:
+        raise ExportError("OpenVINO int8 post-training quantization needs calibration inputs; none were given")
+    dtypes = {p.get_any_name(): p.get_element_type().to_dtype() for p in model.inputs}
+    samples = [{k: np.asarray(v).astype(dtypes[k]) for k, v in s.items()} for s in calibration]
+    attention = options.get("attention", INT8_RECIPE["attention"])
+    if attention not in ("float", "int8"):
+        raise ExportError(f"options['attention'] must be 'float' or 'int8', got {attention!r}")
+    ignored = attention_ops(model) if attention == "float" else []
+    quantized = nncf.quantize(
+        model, nncf.Dataset(samples), subset_size=len(samples), model_type=nncf.ModelType.TRANSFORMER,
+        ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None,
+    )
+    extra.update(quantization="ptq: nncf.quantize (TRANSFORMER), per-channel int8 weights, calibrated activations",
+                 calibration_samples=len(samples), attention=attention, float_attention_ops=len(ignored))
+    return quantized
+
+
+def model_io(model) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """TensorInfo of an OpenVINO model's inputs and outputs (dynamic dims by their ONNX axis names)."""
+    def info(port, dynamic_names) -> TensorInfo:
+        shape = tuple(d.get_length() if d.is_static else dynamic_names.get(i, "?")
+                      for i, d in enumerate(port.get_partial_shape()))
+        dtype = np.dtype(port.get_element_type().to_dtype()).name
+        return TensorInfo(name=port.get_any_name(), shape=shape, dtype=dtype, layout="NCHW" if len(shape) == 4 else None)
+
+    names = {0: "batch", 2: "height", 3: "width"}
+    return [info(p, names) for p in model.inputs], [info(p, names) for p in model.outputs]
+
+
+# ---------------------------------------------------------------------------------------------
+# running
+
+
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin has native bf16 kernels here (AVX512-BF16 or AMX-BF16)."""
+    ov = _ov()
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def load_runner(converted_or_path: ConvertedModel | str | Path, *, threads: int | None = None,
+                inference_precision: str = "f32"):
+    """Compile the IR for the CPU and wrap it as ``feeds dict -> outputs dict``.
+
+    Args:
+        threads: CPU threads (``INFERENCE_NUM_THREADS``; None = OpenVINO's default, all cores).
+        inference_precision: ``f32`` (default; what the export validated) or ``bf16``. OpenVINO's own default
+            on a CPU with bf16 units is bf16, so f32 is set explicitly.
+    """
+    ov = _ov()
+    path = converted_or_path.path if isinstance(converted_or_path, ConvertedModel) else Path(converted_or_path)
+    if inference_precision not in INFERENCE_PRECISIONS:
+        raise ExportError(f"OpenVINO inference precision {inference_precision!r}: choose from "
+                          f"{', '.join(INFERENCE_PRECISIONS)}")
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY",
+                              "INFERENCE_PRECISION_HINT": INFERENCE_PRECISIONS[inference_precision]}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    request = compiled.create_infer_request()
+    outputs = [(o, o.get_any_name()) for o in compiled.outputs]
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = request.infer(feeds)
+        return {name: np.array(result[port]) for port, name in outputs}
+
+    run.compiled = compiled  # for callers that want the compiled model (benchmarks: kernels, precision)
+    return run
+
+
+def execution_info(compiled) -> dict[str, Any]:
+    """What the CPU plugin actually runs: inference precision, threads, and the kernel (primitive) types.
+
+    Read from the compiled model's execution graph (``get_runtime_model``): each node's ``primitiveType``
+    names its implementation and ISA (``brgconv_avx512_amx_I8``, ``jit_avx512_core_bf16``, ``gemm_avx512``...)
+    and ``runtimePrecision`` its data type. Returns counts per primitive type and per runtime precision of
+    the compute-heavy nodes (Convolution, MatMul/FullyConnected, GroupConvolution).
+    """
+    runtime = compiled.get_runtime_model()
+    heavy = ("Convolution", "MatMul", "FullyConnected", "GroupConvolution", "Deconvolution", "ScaledDotProductAttention")
+    kernels: dict[str, int] = {}
+    precisions: dict[str, int] = {}
+    for op in runtime.get_ops():
+        rt = op.get_rt_info()
+        value = lambda key: rt[key].astype(str) if key in rt else "?"  # noqa: E731 - OVAny -> str
+        layer = value("layerType")
+        if layer not in heavy:
+            continue
+        key = f"{layer}:{value('primitiveType')}"
+        kernels[key] = kernels.get(key, 0) + 1
+        prec = value("runtimePrecision")
+        precisions[prec] = precisions.get(prec, 0) + 1
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return {
+        "inference_precision": hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint),
+        "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+        "kernels": dict(sorted(kernels.items(), key=lambda kv: -kv[1])),
+        "runtime_precisions": precisions,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# targets
+
+
+# bf16 keeps 8 mantissa bits: on the toy and full-size models the U-Net output stays above ~30 dB of its
+# f32 result (docs/openvino.md), well below what fp32's allclose gate asks.
+BF16_TOLERANCES = {"default": Tolerance(min_psnr=28.0, min_cosine=0.995)}
+BF16 = RuntimeVariant(runner_options={"inference_precision": "bf16"}, tolerances=BF16_TOLERANCES,
+                      description="OpenVINO bf16 inference precision (convolutions/matmuls in bf16 on "
+                                  "AVX512-BF16/AMX CPUs)")
+
+
+class _OpenVinoTarget(ExportTarget):
+    FORMAT = "openvino"
+    convert = staticmethod(convert)
+    load_runner = staticmethod(load_runner)
+    DEFAULT_RUNTIME = "f32"
+    RUNTIME_VARIANTS = {"bf16": BF16}
+
+    @classmethod
+    def runtime_unavailable(cls) -> str | None:
+        try:
+            import openvino  # noqa: F401
+        except ModuleNotFoundError:
+            return f"openvino is not installed: {INSTALL_HINT}"
+        return None
+
+    @classmethod
+    def runtime_variant_unavailable(cls, variant: str) -> str | None:
+        if variant == "bf16" and not cpu_has_bf16():
+            return "this CPU has no bf16 units (OpenVINO reports no BF16 capability: no AVX512-BF16 or AMX)"
+        return None
+
+    @classmethod
+    def write_layout_files(cls, root: Path, info: dict[str, Any]) -> list[Path]:
+        """optimum-intel's OpenVINO diffusion layout: ``model_index.json`` naming the OV pipeline parts."""
+        import json
+
+        index = {
+            "_class_name": "OVStableDiffusionPipeline",
+            "_diffusers_version": info.get("versions", {}).get("diffusers", ""),
+            "scheduler": ["diffusers", info["scheduler"]["_class_name"]],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "requires_safety_checker": False,
+            "safety_checker": [None, None],
+            "feature_extractor": [None, None],
+        }
+        for component in info["components"]:
+            index[component] = ["optimum", "OVModel" + "".join(p.title() for p in component.split("_"))]
+        path = root / "model_index.json"
+        path.write_text(json.dumps(index, indent=2) + "\n")
+        return [path]
+
+
+@register_target
+class OpenVinoFp32(_OpenVinoTarget):
+    PRECISION = "fp32"
+    DESCRIPTION = "float32 IR, f32 inference (bf16 hint validated beside it)"
+    DEFAULT = True
+    # Same gates as ONNX fp32: the IR comes from the same ONNX graph; OpenVINO's fused kernels differ by ~1e-6.
+    TOLERANCES = {
+        "default": Tolerance(atol=1e-4, rtol=1e-3),
+        "vae_decoder": Tolerance(atol=1e-3, rtol=1e-3),
+        "vae_encoder": Tolerance(atol=1e-3, rtol=1e-3),
+    }
+
+
+@register_target
+class OpenVinoFp16(_OpenVinoTarget):
+    PRECISION = "fp16"
+    DESCRIPTION = "float16-compressed weights (half the size), decompressed and computed in f32 (or bf16)"
+    TOLERANCES = {"default": Tolerance(min_psnr=40.0, min_cosine=0.9995)}
+
+
+INT8_TOLERANCES = {
+    "default": Tolerance(min_psnr=20.0, min_cosine=0.99),
+    "vae_decoder": Tolerance(min_psnr=20.0, min_cosine=0.97),
+}
+INT8_BF16 = RuntimeVariant(runner_options={"inference_precision": "bf16"}, tolerances=INT8_TOLERANCES,
+                           description=BF16.description + "; int8 kernels unchanged")
+
+
+@register_target
+class OpenVinoInt8(_OpenVinoTarget):
+    PRECISION = "int8"
+    DESCRIPTION = ("optimum-intel's hybrid int8: U-Net and VAE fully quantized by NNCF post-training quantization "
+                   "(per-channel int8 weights, activations calibrated on real pipeline inputs; attention's "
+                   "QK^T/AV MatMuls float), text encoder int8 weight-only")
+    TOLERANCES = INT8_TOLERANCES
+    NEEDS_CALIBRATION = ("unet", "vae_decoder", "vae_encoder")
+    OPTIONS = {"default": {"quantization": "ptq"}, "text_encoder": {"quantization": "weights"}}
+    RUNTIME_VARIANTS = {"bf16": INT8_BF16}
+
+
+@register_target
+class OpenVinoInt8WeightOnly(_OpenVinoTarget):
+    PRECISION = "int8-weight-only"
+    DESCRIPTION = "int8 weights (NNCF compress_weights, asymmetric per channel), float activations; no calibration"
+    TOLERANCES = {"default": Tolerance(min_psnr=30.0, min_cosine=0.998),
+                  "vae_decoder": Tolerance(min_psnr=30.0, min_cosine=0.995)}
+    OPTIONS = {"default": {"quantization": "weights"}}
+    RUNTIME_VARIANTS = {"bf16": RuntimeVariant(runner_options={"inference_precision": "bf16"},
+                                               tolerances=INT8_TOLERANCES, description=BF16.description)}

@@ -1,0 +1,46 @@
+"""Cached side environments for interop tests whose tools pin packages that conflict with ours.
+
+``side_python(name, packages)`` creates, once, a virtual environment under ``~/.cache/bksdm-edge/venvs/<name>``
+that sees this environment's packages (a ``.pth`` file adds our site-packages after its own) and installs
+``packages`` into it without dependencies, so only the pinned conflicting packages differ (e.g. optimum-intel
+with transformers < 5.6 while we run transformers 5.x). Returns its python, or None with the reason when the
+packages cannot be installed here (no registry access); the caller skips with that reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bksdm-edge" / "venvs"
+
+
+def side_python(name: str, packages: tuple[str, ...], timeout: float = 900) -> tuple[Path | None, str]:
+    """(python of the side venv, "") or (None, why it could not be made)."""
+    key = hashlib.sha256("\n".join((sys.prefix, *packages)).encode()).hexdigest()[:10]
+    root = CACHE / f"{name}-{key}"
+    python = root / "bin" / "python"
+    if (root / ".ready").exists():
+        return python, ""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    base = getattr(sys, "_base_executable", sys.executable)
+    steps = [[base, "-m", "venv", "--without-pip", str(root)]]
+    for cmd in steps:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if res.returncode:
+            return None, f"creating the {name} venv failed: {res.stderr[-500:]}"
+    site = Path(subprocess.check_output([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                        text=True).strip())
+    (site / "_bksdm_edge_parent.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    constraints = Path(__file__).parents[1] / ".ci" / "constraints.txt"
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), "--upgrade",
+           *(["-c", str(constraints)] if constraints.exists() else []), *packages]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if res.returncode:
+        return None, f"installing {' '.join(packages)} failed: {(res.stderr or res.stdout)[-800:]}"
+    (root / ".ready").write_text("\n".join(packages) + "\n")
+    return python, ""
