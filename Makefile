@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip
-EXTRAS  = onnx,tflite,coreml,bench,train,quality,test
+EXTRAS  = onnx,tflite,coreml,openvino,bench,train,quality,test
 OUT    ?= out
 
 export HF_HUB_OFFLINE = 1

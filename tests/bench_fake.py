@@ -3,6 +3,7 @@
 - ``fake-slowstart``: its first ``SLOW_CALLS`` calls in a process sleep ``SLOW_S``; later calls sleep ``FAST_S``.
 - ``fake-alloc``: allocates ``options["alloc_mb"]`` MB (touched) at load; runs take ~1 ms.
 - ``fake-fail``: raises at load.
+- ``fake-peer``: a peer engine whose runs take ~``PEER_WALL_S`` but report ``PEER_CALL_S`` for the measured call.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 from bksdm_edge.bench.backends import Backend, Loaded, register_backend
 
 SLOW_CALLS, SLOW_S, FAST_S = 2, 0.4, 0.01
+PEER_CALL_S, PEER_WALL_S = 0.123, 0.05
 
 
 class _Fake(Backend):
@@ -61,3 +63,15 @@ class Fail(_Fake):
 
     def load(self, s, artifact_dir, meta):
         raise RuntimeError("this backend always fails")
+
+
+@register_backend
+class Peer(_Fake):
+    NAME = "fake-peer"
+    PEER = True
+
+    def load(self, s, artifact_dir, meta):
+        def run(_):
+            time.sleep(PEER_WALL_S)
+
+        return Loaded(run=run, reported_s=lambda: PEER_CALL_S)

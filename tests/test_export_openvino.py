@@ -97,6 +97,16 @@ def test_attention_quantized_on_request(tiny_model, real_inputs, tmp_path):
     assert any(op.input(0).get_source_output().get_node().get_type_name() == "FakeQuantize" for op in sdpa)
 
 
+def test_memory_refusal_before_any_work(tiny_model, tmp_path):
+    from bksdm_edge.export.memory import MemoryRefused
+
+    spec = COMPONENTS["unet"]
+    with pytest.raises(MemoryRefused, match=r"OpenVINO int8 conversion of a .*M-parameter model needs about .* GiB"):
+        ov_backend.convert(spec.module(tiny_model), spec.example_inputs(tiny_model, SHAPE), spec.output_names,
+                           tmp_path / "unet", "int8", options={"quantization": "ptq", "memory_limit_bytes": 2**20})
+    assert not (tmp_path / "unet").exists(), "nothing is written before the check"
+
+
 def test_static_ir_is_reshapeable_to_the_cfg_batch(tiny_model, tmp_path):
     """The IR declares static shapes, yet reshapes (optimum-intel sends batch 2 to the U-Net under CFG)."""
     import openvino as ov

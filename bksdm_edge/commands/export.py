@@ -1,4 +1,4 @@
-"""``bksdm-edge export``: export, validate and bundle an SD model (ONNX, TFLite, Core ML).
+"""``bksdm-edge export``: export, validate and bundle an SD model (ONNX, TFLite, Core ML, OpenVINO).
 
 ``export/to_onnx.py`` and ``export/to_tflite.py`` are this command with the format fixed (``script_main``).
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -14,13 +15,16 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "export",
-        help="export the text encoder, U-Net and VAE to a validated ONNX/TFLite/Core ML bundle",
+        help="export the text encoder, U-Net and VAE to a validated ONNX/TFLite/Core ML/OpenVINO bundle",
         description="Convert each component, validate it against PyTorch (seeded inputs and a real denoising "
         "trajectory: names, shapes, then values), and write the bundle atomically with a manifest of sha256 "
         "hashes. A failed validation exits with code 3 and leaves OUT.failed/ (never a complete bundle). "
         "--overwrite replaces only a bundle that bksdm-edge wrote (an ordinary folder is never deleted).",
     )
     add_export_args(p)
+    p.add_argument("--results", type=Path, action="append", default=[], metavar="DIR",
+                   help="--format auto: benchmark results (folders of results.json) to rank from "
+                   "(default: the repository's benchmarks/results)")
     p.set_defaults(func=run)
 
 
@@ -39,12 +43,47 @@ def check_args(args) -> None:
 
 def run(args) -> int:
     from ..export.cli_args import request_from_args
-    from ..export.pipeline import export_bundle, export_summary
+    from ..export.pipeline import export_bundle
 
     check_args(args)
-    path = export_bundle(request_from_args(args))
-    print("\n".join(export_summary(path)))
+    if args.format == "auto":
+        return run_auto(args)
+    _summary(export_bundle(request_from_args(args)))
     return 0
+
+
+def run_auto(args) -> int:
+    """Export with the fastest measured format/precision for this CPU; the next one when a validation fails."""
+    from ..bench.recommend import Candidate, plan
+    from ..errors import BksdmError, ValidationFailed
+    from ..export.cli_args import request_from_args
+    from ..export.pipeline import export_bundle
+
+    paths, where = plan(args.results)
+    if not paths:
+        raise BksdmError("--format auto: no export format can run here (install an extra: onnx, openvino, tflite)")
+    print(f"--format auto: {where}; fastest first:")
+    for c in paths:
+        print(f"  {c.describe() if isinstance(c, Candidate) else ' '.join(c)}")
+    # One export per format/precision (its run-time settings, e.g. OpenVINO bf16, are the bundle's own choice).
+    targets = list(dict.fromkeys((c.format, c.precision) if isinstance(c, Candidate) else c for c in paths))
+    for i, (args.format, args.precision) in enumerate(targets):
+        print(f"exporting {args.format} {args.precision}")
+        try:
+            _summary(export_bundle(request_from_args(args)))
+            return 0
+        except ValidationFailed as err:
+            if i == len(targets) - 1:
+                raise
+            print(f"{args.format} {args.precision} failed its validation ({str(err).splitlines()[0]}); "
+                  "trying the next")
+    return 3
+
+
+def _summary(path) -> None:
+    from ..export.pipeline import export_summary
+
+    print("\n".join(export_summary(path)))
 
 
 def script_parser(format: str, description: str) -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ import hashlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import BksdmError, OutputError
 
@@ -40,6 +40,29 @@ def scheduler_entry(scheduler) -> dict[str, Any]:
     """A diffusers scheduler's config as the manifest records it (``_class_name`` + public fields)."""
     return {"_class_name": type(scheduler).__name__,
             **{k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}}
+
+
+def write_model_index(root: Path, info: dict[str, Any], pipeline_class: str,
+                      component_class: Callable[[str], list]) -> Path:
+    """``model_index.json`` of a diffusers-style pipeline folder (optimum's ONNX / optimum-intel's OpenVINO layout).
+
+    Args:
+        root: bundle folder. info: the manifest (scheduler, components, versions).
+        pipeline_class: e.g. ``ORTStableDiffusionPipeline``. component_class: component -> [library, class].
+    """
+    index = {
+        "_class_name": pipeline_class,
+        "_diffusers_version": info.get("versions", {}).get("diffusers", ""),
+        "scheduler": ["diffusers", info["scheduler"]["_class_name"]],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        **{component: component_class(component) for component in info["components"]},
+    }
+    path = root / "model_index.json"
+    path.write_text(json.dumps(index, indent=2) + "\n")
+    return path
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

@@ -71,7 +71,10 @@ def add_export_args(parser: argparse.ArgumentParser, formats: Sequence[str] | No
                              "replacing the model's U-Net")
     parser.add_argument("--vae", default="teacher", help=VAE_HELP)
     if len(formats) > 1:
-        parser.add_argument("--format", default=formats[0], choices=formats, help=f"export format (default: {formats[0]})")
+        parser.add_argument("--format", default=formats[0], choices=(*formats, "auto"),
+                            help=f"export format (default: {formats[0]}); auto = the format and precision that "
+                            "benchmark results found fastest on a CPU with this one's ISA (--precision is then "
+                            "chosen too; see --results)")
     else:
         parser.set_defaults(format=formats[0])
     choices = list(dict.fromkeys(t.PRECISION for t in targets)) or None

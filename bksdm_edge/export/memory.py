@@ -68,6 +68,11 @@ class MemoryEstimate:
         return " + ".join(f"{label} {b / GIB:.1f}" for label, b in self.parts if b)
 
 
+def count_parameters(module) -> int:
+    """Number of parameters and buffers of a module (what a traced graph carries as constants)."""
+    return sum(p.numel() for p in module.parameters()) + sum(b.numel() for b in module.buffers())
+
+
 def weight_bytes(num_params: int) -> int:
     """fp32 bytes of ``num_params`` parameters (what every converter starts from)."""
     return 4 * int(num_params)

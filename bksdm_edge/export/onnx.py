@@ -355,24 +355,11 @@ class _OnnxTarget(ExportTarget):
     @classmethod
     def write_layout_files(cls, root: Path, info: dict[str, Any]) -> list[Path]:
         """optimum's diffusion layout: ``model_index.json`` naming the ONNX pipeline parts."""
-        import json
+        from .bundle import write_model_index
 
         # optimum's ONNX Runtime pipeline class: the latent-consistency one for a U-Net that embeds the guidance.
         pipeline = "ORTLatentConsistencyModelPipeline" if info.get("guidance_embedding") else "ORTStableDiffusionPipeline"
-        index = {
-            "_class_name": pipeline,
-            "_diffusers_version": info.get("versions", {}).get("diffusers", ""),
-            "scheduler": ["diffusers", info["scheduler"]["_class_name"]],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "requires_safety_checker": False,
-            "safety_checker": [None, None],
-            "feature_extractor": [None, None],
-        }
-        for component in info["components"]:
-            index[component] = ["diffusers", "OnnxRuntimeModel"]
-        path = root / "model_index.json"
-        path.write_text(json.dumps(index, indent=2) + "\n")
-        return [path]
+        return [write_model_index(root, info, pipeline, lambda c: ["diffusers", "OnnxRuntimeModel"])]
 
 
 # int8 thresholds: the VAE decoder's seeded latents reach beyond the calibrated (real) range.

@@ -29,6 +29,9 @@ loads this module without torch.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,8 @@ from typing import Any
 import numpy as np
 
 from .base import ConvertedModel, ExportError, TensorInfo
+from .memory import GIB, MemoryEstimate, PeakModel, check_fits, count_parameters, weight_bytes
+from .onnx import INT8_TOLERANCES, OnnxFp32
 from .registry import ExportTarget, RuntimeVariant, Tolerance, register_target
 
 MODEL_FILE = "openvino_model.xml"
@@ -50,6 +55,27 @@ INSTALL_HINT = "pip install 'bksdm-edge[openvino]' (openvino; nncf for int8 expo
 #   scope), "int8" quantizes them too. Measured: see docs/openvino.md (int8 recipe).
 # - "weights": nncf.compress_weights, int8 weights with float activations (text encoder, int8-weight-only).
 INT8_RECIPE = {"attention": "float"}
+
+# Peak memory one conversion adds on top of the built PyTorch module (export/memory.py): the ONNX export, the
+# OpenVINO model read from it, NNCF's copies and, for post-training quantization, the statistics runs.
+# Fitted above the full-size measurements in benchmarks/results/openvino_conversion (docs/openvino.md).
+_MEASURED = "benchmarks/results/openvino_conversion"
+MEMORY: dict[str, PeakModel] = {
+    "fp32": PeakModel(int(1.5 * GIB), 3.0, source=_MEASURED),
+    "fp16": PeakModel(int(1.5 * GIB), 3.0, source=_MEASURED),
+    "int8-weight-only": PeakModel(int(1.5 * GIB), 3.5, source=_MEASURED),
+    "int8": PeakModel(int(2.0 * GIB), 3.5, source=_MEASURED),
+}
+
+
+def memory_estimate(num_params: int, precision: str) -> MemoryEstimate:
+    """What converting a component of ``num_params`` fp32 parameters adds to the process, in labelled parts."""
+    model = MEMORY[precision]
+    return MemoryEstimate(
+        f"OpenVINO {precision} conversion of a {num_params / 1e6:.0f}M-parameter model",
+        (("fixed", model.fixed_bytes),
+         (f"{model.per_weight_byte:g} x fp32 weights", int(model.per_weight_byte * weight_bytes(num_params)))),
+    )
 
 
 def _ov():
@@ -84,17 +110,24 @@ def convert(
         precision: ``fp32``, ``fp16``, ``int8`` or ``int8-weight-only``.
         calibration: input dicts (numpy) for ``quantization="ptq"``.
         options: ``dynamic_axes`` (keep these axes dynamic in the IR instead of reshaping to the example
-            shapes), ``quantization`` ("ptq" | "weights"), ``attention`` ("float" | "int8", ptq only).
+            shapes), ``quantization`` ("ptq" | "weights"), ``attention`` ("float" | "int8", ptq only),
+            ``memory_limit_bytes`` (instead of the memory available now, for the pre-flight check).
+    Raises ``MemoryRefused`` before any work when the estimated peak does not fit.
     """
     ov = _ov()
+    if precision not in MEMORY:
+        raise ExportError(f"The OpenVINO back-end has no precision {precision!r}")
     from .components import spec_for_inputs, write_source_config
     from .onnx import export_fp32
 
     options = dict(options or {})
+    estimate = check_fits(memory_estimate(count_parameters(module), precision),
+                          limit=options.get("memory_limit_bytes"),
+                          override="pass options={'memory_limit_bytes': N} to convert()")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = spec_for_inputs(tuple(example_inputs))
-    extra: dict[str, Any] = {"converted_from": "onnx (torch.onnx TorchScript exporter)",
+    extra: dict[str, Any] = {"estimated_peak_memory_bytes": estimate,"converted_from": "onnx (torch.onnx TorchScript exporter)",
                              "openvino": ov.get_version().split("-")[0]}
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".work-") as work:
         # 1. The same ONNX graph as the ONNX target, with reshapeable axes.
@@ -107,8 +140,6 @@ def convert(
         # 3. Precision.
         if precision.startswith("int8"):
             model = _quantize(model, precision, calibration, options, extra)
-        elif precision not in ("fp32", "fp16"):
-            raise ExportError(f"The OpenVINO back-end has no precision {precision!r}")
         path = out_dir / MODEL_FILE
         ov.save_model(model, str(path), compress_to_fp16=precision == "fp16")
     files = [path, out_dir / WEIGHTS_FILE]
@@ -137,9 +168,31 @@ def attention_ops(model) -> list[str]:
 
 def _quantize(model, precision: str, calibration, options: dict[str, Any], extra: dict[str, Any]):
     try:
-        import nncf
+        import nncf  # noqa: F401
     except ModuleNotFoundError as err:
         raise ExportError(f"OpenVINO int8 exports need the package 'nncf': {INSTALL_HINT}") from err
+    with _quiet_nncf():
+        return _quantize_with_nncf(model, calibration, options, extra)
+
+
+@contextlib.contextmanager
+def _quiet_nncf():
+    """NNCF's progress bars (rich, on stdout) and its INFO tables stay off the console: our progress bar says
+    which component is being exported; warnings and errors still show."""
+    import nncf
+    from nncf.common.logging import nncf_logger
+
+    previous = nncf_logger.level
+    nncf.set_log_level(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        nncf.set_log_level(previous)
+
+
+def _quantize_with_nncf(model, calibration, options: dict[str, Any], extra: dict[str, Any]):
+    import nncf
 
     method = options.get("quantization", "weights")
     if method == "weights":
@@ -283,23 +336,11 @@ class _OpenVinoTarget(ExportTarget):
 
     @classmethod
     def write_layout_files(cls, root: Path, info: dict[str, Any]) -> list[Path]:
-        """optimum-intel's OpenVINO diffusion layout: ``model_index.json`` naming the OV pipeline parts."""
-        import json
+        """optimum-intel's OpenVINO diffusion layout: ``model_index.json`` naming its OVModel* pipeline parts."""
+        from .bundle import write_model_index
 
-        index = {
-            "_class_name": "OVStableDiffusionPipeline",
-            "_diffusers_version": info.get("versions", {}).get("diffusers", ""),
-            "scheduler": ["diffusers", info["scheduler"]["_class_name"]],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "requires_safety_checker": False,
-            "safety_checker": [None, None],
-            "feature_extractor": [None, None],
-        }
-        for component in info["components"]:
-            index[component] = ["optimum", "OVModel" + "".join(p.title() for p in component.split("_"))]
-        path = root / "model_index.json"
-        path.write_text(json.dumps(index, indent=2) + "\n")
-        return [path]
+        return [write_model_index(root, info, "OVStableDiffusionPipeline",
+                                  lambda c: ["optimum", "OVModel" + "".join(p.title() for p in c.split("_"))])]
 
 
 @register_target
@@ -307,12 +348,8 @@ class OpenVinoFp32(_OpenVinoTarget):
     PRECISION = "fp32"
     DESCRIPTION = "float32 IR, f32 inference (bf16 hint validated beside it)"
     DEFAULT = True
-    # Same gates as ONNX fp32: the IR comes from the same ONNX graph; OpenVINO's fused kernels differ by ~1e-6.
-    TOLERANCES = {
-        "default": Tolerance(atol=1e-4, rtol=1e-3),
-        "vae_decoder": Tolerance(atol=1e-3, rtol=1e-3),
-        "vae_encoder": Tolerance(atol=1e-3, rtol=1e-3),
-    }
+    # The IR comes from the ONNX target's graph: the same gates (OpenVINO's fused kernels differ by ~1e-6).
+    TOLERANCES = OnnxFp32.TOLERANCES
 
 
 @register_target
@@ -322,10 +359,6 @@ class OpenVinoFp16(_OpenVinoTarget):
     TOLERANCES = {"default": Tolerance(min_psnr=40.0, min_cosine=0.9995)}
 
 
-INT8_TOLERANCES = {
-    "default": Tolerance(min_psnr=20.0, min_cosine=0.99),
-    "vae_decoder": Tolerance(min_psnr=20.0, min_cosine=0.97),
-}
 INT8_BF16 = RuntimeVariant(runner_options={"inference_precision": "bf16"}, tolerances=INT8_TOLERANCES,
                            description=BF16.description + "; int8 kernels unchanged")
 

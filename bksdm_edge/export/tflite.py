@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from .base import ConvertedModel, ExportError, Runner, TensorInfo
-from .memory import GIB, MemoryEstimate, PeakModel, available_memory, check_fits, weight_bytes
+from .memory import GIB, MemoryEstimate, PeakModel, available_memory, check_fits, count_parameters, weight_bytes
 from .registry import ExportTarget, Tolerance, register_target
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8-weight-only", "w8a8")
@@ -62,11 +62,6 @@ LIGHTWEIGHT_FACTOR = 1.0  # measured: see docs/tflite.md (lightweight_conversion
 # lightweight_conversion did not lower the peak (BK-SDM-Tiny fp16: 5.23 GiB with it, 4.85 without) and
 # its int8 output failed to quantize at full size; off unless options["lightweight"] asks for it.
 LIGHTWEIGHT_MIN_PARAMS = 10**18
-
-
-def count_parameters(module) -> int:
-    """Number of parameters and buffers the traced graph will carry as constants."""
-    return sum(p.numel() for p in module.parameters()) + sum(b.numel() for b in module.buffers())
 
 
 def memory_estimate(num_params: int, precision: str, lightweight: bool = False) -> MemoryEstimate:
