@@ -37,7 +37,8 @@ def test_column_types():
     assert rows.coerce("a_column_of_someone_else", "x") == "x"
     with pytest.raises(rows.ColumnTypeError, match="median_s"):
         rows.coerce("median_s", "fast")
-    assert {c.type for c in rows.COLUMNS} <= {str, int, float, list, dict}
+    assert rows.coerce("peer", "False") is False and rows.coerce("peer", "True") is True  # CSV spelling
+    assert {c.type for c in rows.COLUMNS} <= {str, int, float, bool, list, dict}
     assert len({c.name for c in rows.COLUMNS}) == len(rows.COLUMNS)
 
 

@@ -157,8 +157,10 @@ import functools  # noqa: E402
 def _ov_bundle(precision: str) -> Path:
     from _export_helpers import ROOT as CACHE
 
+    prompts = CACHE / "openvino-calibration.txt"  # one prompt x 2 steps: the toy only needs a valid calibration
+    prompts.write_text("a red car on a road\n")
     return export_bundle("builtin:tiny-sd", model=_model(), out=CACHE / f"tiny-openvino-{precision}", format="openvino",
-                         precision=precision, progress=False)
+                         precision=precision, progress=False, calibration_prompts=prompts, calibration_steps=2)
 
 
 def test_bundle_manifest_layout_and_tamper_refusal(tmp_path):
