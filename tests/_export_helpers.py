@@ -24,3 +24,18 @@ def _model():
     from bksdm_edge.loading import load_model
 
     return load_model("builtin:tiny-sd")
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_real_inputs(size: int = 64):
+    """``prepare_inputs`` of builtin:tiny-sd for every component: seeded and trajectory validation sets ("a photo
+    of a cat", 2 steps) and a small calibration set (1 prompt x 2 steps). Treat as read-only."""
+    from bksdm_edge.export.components import COMPONENTS, ShapeConfig
+    from bksdm_edge.export.inputs import prepare_inputs
+    from bksdm_edge.export.request import Calibration, Validation
+
+    prompts = ROOT / "calibration-prompts.txt"
+    prompts.write_text("a red car on a road\n")
+    return prepare_inputs(_model(), {c: ShapeConfig(height=size, width=size) for c in COMPONENTS},
+                          validation=Validation("a photo of a cat", 2), calibration=Calibration(prompts, 2),
+                          calibrate=list(COMPONENTS))

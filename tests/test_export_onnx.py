@@ -10,7 +10,7 @@ import pytest
 from bksdm_edge.errors import ValidationFailed
 from bksdm_edge.export import onnx as onnx_backend
 from bksdm_edge.export.components import COMPONENTS, ShapeConfig
-from bksdm_edge.export.inputs import prepare_inputs
+from _export_helpers import tiny_real_inputs
 from bksdm_edge.export.pipeline import ExportRequest, export_bundle
 from bksdm_edge.export.request import Calibration, Validation
 from bksdm_edge.export.registry import get_target
@@ -21,12 +21,9 @@ SHAPE = ShapeConfig(height=64, width=64)
 
 
 @pytest.fixture(scope="module")
-def real_inputs(tiny_model, tmp_path_factory):
+def real_inputs():
     """Seeded and trajectory validation sets and a small calibration set (1 prompt x 2 steps) for every component."""
-    prompts = tmp_path_factory.mktemp("prompts") / "prompts.txt"
-    prompts.write_text("a red car on a road\n")
-    return prepare_inputs(tiny_model, {c: SHAPE for c in COMPONENTS}, validation=Validation("a photo of a cat", 2),
-                          calibration=Calibration(prompts, 2), calibrate=list(COMPONENTS))
+    return tiny_real_inputs(SHAPE.height)
 
 
 # int8-static differs from int8 in the text encoder and in the attention MatMuls (QK^T, AV), which

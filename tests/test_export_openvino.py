@@ -12,14 +12,15 @@ import pytest
 
 pytest.importorskip("openvino")
 
-from _export_helpers import _model, tiny_bundle  # noqa: E402
+from _export_helpers import _model, tiny_bundle, tiny_real_inputs  # noqa: E402
 from bksdm_edge.export import openvino as ov_backend  # noqa: E402
 from bksdm_edge.export.bundle import BundleError  # noqa: E402
 from bksdm_edge.export.components import COMPONENTS, ShapeConfig  # noqa: E402
-from bksdm_edge.export.inputs import calibration_inputs, seeded_input_sets, trajectory_input_sets  # noqa: E402
-from bksdm_edge.export.pipeline import export_bundle  # noqa: E402
+from bksdm_edge.export.pipeline import ExportRequest, export_bundle  # noqa: E402
 from bksdm_edge.export.registry import get_target, precisions  # noqa: E402
-from bksdm_edge.export.validation import psnr, validate_component  # noqa: E402
+from bksdm_edge.export.request import Calibration  # noqa: E402
+from bksdm_edge.export.validation import validate_component  # noqa: E402
+from bksdm_edge.metrics import psnr  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 SHAPE = ShapeConfig(height=64, width=64)
@@ -30,30 +31,29 @@ COMPONENTS_TESTED = {"fp32": list(COMPONENTS), "int8": ["text_encoder", "unet", 
 
 
 @pytest.fixture(scope="module")
-def real_inputs(tiny_model):
-    traj = trajectory_input_sets(tiny_model, SHAPE, "a photo of a cat", list(COMPONENTS), steps=2)
-    calib = calibration_inputs(tiny_model, SHAPE, ["a red car on a road"], list(COMPONENTS), steps=2)
-    return traj, calib
+def real_inputs():
+    """Seeded and trajectory validation sets and a small calibration set (1 prompt x 2 steps) for every component."""
+    return tiny_real_inputs(SHAPE.height)
 
 
 @pytest.mark.parametrize("precision", precisions("openvino"))
 def test_every_component_exports_and_validates(precision, tiny_model, real_inputs, tmp_path):
     import openvino as ov
 
-    traj, calib = real_inputs
     target = get_target("openvino", precision)
     failures = []
     for name in COMPONENTS_TESTED.get(precision, ["text_encoder", "unet"]):
         spec = COMPONENTS[name]
         module = spec.module(tiny_model)
+        inputs = real_inputs[name]
         converted = target.convert(
-            module, spec.example_inputs(tiny_model, SHAPE), spec.output_names, tmp_path / name, precision,
-            calibration=calib[name] if name in target.NEEDS_CALIBRATION else None, options=target.options(name),
+            module, inputs.example, spec.output_names, tmp_path / name, precision,
+            calibration=inputs.calibration if name in target.NEEDS_CALIBRATION else None, options=target.options(name),
         )
         # optimum-intel's layout: openvino_model.xml/.bin and the source's config.json per component folder.
         assert sorted(f.name for f in converted.files) == ["config.json", "openvino_model.bin", "openvino_model.xml"]
         assert all(isinstance(d, int) for t in converted.inputs for d in t.shape), "static shapes by default"
-        sets = seeded_input_sets(name, tiny_model, SHAPE) + traj[name]
+        sets = inputs.validation
         report = validate_component(name, target, module, converted, sets, input_names=spec.input_names,
                                     output_names=spec.output_names)
         assert report.numeric_checks == "run" and len(report.sets) == len(sets)
@@ -86,10 +86,9 @@ def _check_recipe(precision: str, component: str, model) -> None:
 def test_attention_quantized_on_request(tiny_model, real_inputs, tmp_path):
     import openvino as ov
 
-    _, calib = real_inputs
     spec = COMPONENTS["unet"]
     converted = ov_backend.convert(spec.module(tiny_model), spec.example_inputs(tiny_model, SHAPE), spec.output_names,
-                                   tmp_path, "int8", calibration=calib["unet"],
+                                   tmp_path, "int8", calibration=real_inputs["unet"].calibration,
                                    options={"quantization": "ptq", "attention": "int8"})
     assert converted.extra["attention"] == "int8" and converted.extra["float_attention_ops"] == 0
     model = ov.Core().read_model(str(converted.path))
@@ -159,8 +158,9 @@ def _ov_bundle(precision: str) -> Path:
 
     prompts = CACHE / "openvino-calibration.txt"  # one prompt x 2 steps: the toy only needs a valid calibration
     prompts.write_text("a red car on a road\n")
-    return export_bundle("builtin:tiny-sd", model=_model(), out=CACHE / f"tiny-openvino-{precision}", format="openvino",
-                         precision=precision, progress=False, calibration_prompts=prompts, calibration_steps=2)
+    request = ExportRequest(out=CACHE / f"tiny-openvino-{precision}", model="builtin:tiny-sd", format="openvino",
+                            precision=precision, progress=False, calibration=Calibration(prompts, 2))
+    return export_bundle(request, model=_model())
 
 
 def test_bundle_manifest_layout_and_tamper_refusal(tmp_path):
