@@ -18,7 +18,6 @@ from bksdm_edge.export.bundle import BundleError  # noqa: E402
 from bksdm_edge.export.components import COMPONENTS, ShapeConfig  # noqa: E402
 from bksdm_edge.export.pipeline import ExportRequest, export_bundle  # noqa: E402
 from bksdm_edge.export.registry import get_target, precisions  # noqa: E402
-from bksdm_edge.export.request import Calibration  # noqa: E402
 from bksdm_edge.export.validation import validate_component  # noqa: E402
 from bksdm_edge.metrics import psnr  # noqa: E402
 
@@ -156,10 +155,10 @@ import functools  # noqa: E402
 def _ov_bundle(precision: str) -> Path:
     from _export_helpers import ROOT as CACHE
 
-    prompts = CACHE / "openvino-calibration.txt"  # one prompt x 2 steps: the toy only needs a valid calibration
-    prompts.write_text("a red car on a road\n")
+    # The packaged calibration prompts (what users get): with 1-2 prompts x 2-4 steps the toy int8 U-Net missed the
+    # gate at the trajectory's last step (cosine 0.945 / 0.988 < 0.99), which the default calibration covers.
     request = ExportRequest(out=CACHE / f"tiny-openvino-{precision}", model="builtin:tiny-sd", format="openvino",
-                            precision=precision, progress=False, calibration=Calibration(prompts, 2))
+                            precision=precision, progress=False)
     return export_bundle(request, model=_model())
 
 
