@@ -117,7 +117,7 @@ def test_ready_configs_expand():
     from bksdm_edge.bench.runner import resolve_config
     from bksdm_edge.bench.scenario import load_config
 
-    for name in ("quick", "cpu-full", "gpu", "tiny-vae"):
+    for name in ("quick", "cpu-full", "cpu-engines", "gpu", "tiny-vae"):
         cfg = load_config(resolve_config(name))
         assert cfg.scenarios and any(s.is_teacher for s in cfg.scenarios)
 
