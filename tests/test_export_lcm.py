@@ -31,7 +31,7 @@ PROMPT = "a handwritten digit seven"
 DIM = 16
 # Exports that run in the default suite (one per format; ONNX int8 calibrates on the LCM trajectory); every other
 # registered target runs with -m slow, so every format x precision is covered. ONNX fp32 is also the bundle below.
-DEFAULT_TARGETS = {("onnx", "int8"), ("tflite", "fp32"), ("coreml", "fp16")}
+DEFAULT_TARGETS = {("onnx", "int8"), ("tflite", "fp32"), ("coreml", "fp16"), ("openvino", "fp32")}
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +134,9 @@ def test_every_target_exports_and_validates_timestep_cond(lcm_model, fmt, precis
     assert len(inputs) == 4 and manifest["guidance_embedding"]["input"] == inputs[3]["name"]
     assert manifest["guidance_embedding"]["dim"] == DIM and manifest["scheduler"]["_class_name"] == "LCMScheduler"
     assert manifest["export"]["validation"]["passed"] is True
+    if fmt == "openvino":  # optimum-intel's latent-consistency pipeline, as the ONNX layout names optimum's
+        index = json.loads((tmp_path / f"{fmt}-{precision}" / "model_index.json").read_text())
+        assert index["_class_name"] == "OVLatentConsistencyModelPipeline"
 
 
 def test_coreml_unet_chunks_carry_the_guidance_embedding(lcm_model):

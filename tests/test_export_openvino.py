@@ -105,6 +105,17 @@ def test_memory_refusal_before_any_work(tiny_model, tmp_path):
     assert not (tmp_path / "unet").exists(), "nothing is written before the check"
 
 
+def test_every_full_size_conversion_is_estimated_under_16_gb():
+    """The 16 GB rule (issue 19): the SD-v1.4 U-Net (the largest component, 860M parameters) converts at every
+    precision within 16 GiB, the built module included; the estimate is fitted above measured peaks."""
+    from bksdm_edge.export.memory import GIB, weight_bytes
+
+    sd14_unet = 859_520_964
+    for precision in ov_backend.MEMORY:
+        total = ov_backend.memory_estimate(sd14_unet, precision).total + weight_bytes(sd14_unet)
+        assert total <= 16 * GIB, (precision, total / GIB)
+
+
 def test_static_ir_is_reshapeable_to_the_cfg_batch(tiny_model, tmp_path):
     """The IR declares static shapes, yet reshapes (optimum-intel sends batch 2 to the U-Net under CFG)."""
     import openvino as ov

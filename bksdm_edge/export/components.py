@@ -167,9 +167,12 @@ DEFAULT_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 
 
 def spec_for_inputs(input_names: tuple[str, ...]) -> ComponentSpec:
-    """The component whose wrapper takes these inputs (back-ends get example inputs, not the component name)."""
+    """The component whose wrapper takes these inputs (back-ends get example inputs, not the component name):
+    its required inputs, then only optional ones (an LCM U-Net's ``timestep_cond``)."""
+    names = tuple(input_names)
     for spec in COMPONENTS.values():
-        if spec.input_names == tuple(input_names):
+        n = len(spec.input_names)
+        if names[:n] == spec.input_names and set(names[n:]) <= set(spec.optional_inputs):
             return spec
     raise ValueError(f"no component takes inputs {list(input_names)}")
 
