@@ -37,12 +37,14 @@ class EvidenceConfig:
     Attributes:
         train: distillation recipe and scoring (steps, batch, lr, seeds, images per digit prompt).
         extra_budgets: MACs fractions searched besides the presets' own ratios.
+        prompt_path: (MACs fraction, --min-attention) searches besides the default (one attention block kept).
         inputs / batch: recorded U-Net inputs for the output error, and the forward batch.
         latency_repeats / latency_warmup / latency_threads: the PyTorch U-Net step timing.
     """
 
     train: ablation.AblationConfig = field(default_factory=lambda: ablation.AblationConfig(steps=50, eval_seeds=10))
     extra_budgets: tuple[float, ...] = (0.5, 0.45)
+    prompt_path: tuple[tuple[float, int], ...] = ((0.5, 3), (0.45, 3))
     inputs: int = 128
     batch: int = 64
     latency_repeats: int = 100
@@ -109,11 +111,16 @@ def run(work: Path, results: Path, cfg: EvidenceConfig = EvidenceConfig(), *, lo
     budgets = preset_budgets(cfg.extra_budgets)
     plans: dict[str, dict[str, Any]] = {name: {"kind": "preset", "spec": name, "plan": plan}
                                         for name, plan in BUILTIN_PLANS.items()}
-    for label, fraction in budgets.items():
-        out = results / f"search-macs{label.replace('=', '')}"
+    searches = [(label, fraction, SearchConfig.min_attention, f"search-macs{label.replace('=', '')}")
+                for label, fraction in budgets.items()]
+    searches += [(f"{fraction:g}+attn{n}", fraction, n, f"search-macs{fraction:g}-attn{n}")
+                 for fraction, n in cfg.prompt_path]
+    for label, fraction, min_attention, folder in searches:
+        out = results / folder
         if not (out / "search.json").exists():
-            log(f"search macs={fraction} ...")
-            run_search(sensitivity, SearchConfig(budgets=(f"macs={fraction}",), top=1), out, log=log)
+            log(f"search macs={fraction} --min-attention {min_attention} ...")
+            run_search(sensitivity, SearchConfig(budgets=(f"macs={fraction}",), top=1, min_attention=min_attention),
+                       out, log=log)
         plan_file = out / "plan-1.yaml"
         plan = load_plan(plan_file)
         # a plan found before (a preset, or another budget's) is distilled once
@@ -121,7 +128,7 @@ def run(work: Path, results: Path, cfg: EvidenceConfig = EvidenceConfig(), *, lo
                     None)
         key = f"searched@macs{label}"
         plans[key] = {"kind": "searched", "spec": str(plan_file.resolve()), "plan": plan, "budget": fraction,
-                      "budget_label": label, "same_as": same}
+                      "budget_label": label, "min_attention": min_attention, "same_as": same}
     # 3. Distil and score every distinct plan (a searched plan equal to a preset is the preset's cells).
     teacher = ablation.run_teacher(cfg.train, work)
     for seed in cfg.train.seeds:
@@ -229,7 +236,8 @@ def markdown(doc: dict[str, Any], notes: str = "") -> str:
         f"images (10 digit prompts x {c['eval_seeds']} seeds, {c['eval_steps']} PNDM steps, guidance "
         f"{c['guidance_scale']}); mean ± half-range over the seeds. Searched plans: `bksdm-edge plan search "
         "--budget macs=X` on the sensitivity data in `sensitivity/` (exact search, best re-measured candidate); "
-        "budgets = each preset's MACs ratio on this teacher, and tighter ones. Latency: one U-Net step, PyTorch "
+        "budgets = each preset's MACs ratio on this teacher, and tighter ones; `+attnN`: searched with "
+        "`--min-attention N` (default 1). Latency: one U-Net step, PyTorch "
         "fp32, batch 1, 32 px, 1 thread, the teacher and each plan timed alternately in one process, ratio of the "
         "medians (`latency/interleaved.json`).",
         "",
