@@ -1,7 +1,8 @@
 """Searched removal plans vs the BK-SDM presets on the digits teacher (issue 16, part 5).
 
     nice -n 5 python benchmarks/mini_sd/plans.py                 # sensitivity, searches, distillation, latency
-    python benchmarks/mini_sd/plans.py --tables-only              # rebuild the table and plot from stored results
+    python benchmarks/mini_sd/plans.py --tables-only --notes benchmarks/results/mini_sd/plans/notes.md
+                                                                  # rebuild plans.md and the plot from stored results
 
 Jobs and tables: ``plans_jobs.py`` beside this script. Results under --results (default
 benchmarks/results/mini_sd/plans); per-cell records under --work, so an interrupted run resumes.
