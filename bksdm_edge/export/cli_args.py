@@ -100,6 +100,10 @@ def add_export_args(parser: argparse.ArgumentParser, formats: Sequence[str] | No
                                  "default: the packaged list")
         parser.add_argument("--calibration-steps", type=int, default=Calibration.steps,
                             help=f"denoising steps recorded per calibration prompt (default: {Calibration.steps})")
+        parser.add_argument("--calibration-count", type=int, default=Calibration.count,
+                            help="how many prompts of the list to record, first ones first; 0 = all (default: "
+                                 f"{Calibration.count}: int8 ranges come from a trajectory's extremes, and each "
+                                 "prompt is a full pipeline run)")
     parser.add_argument("--out", required=True, type=Path, help="bundle folder to create (written atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -132,6 +136,7 @@ def request_from_args(args: argparse.Namespace) -> ExportRequest:
         out=args.out, model=args.model, unet=args.unet, vae=args.vae, format=args.format, precision=args.precision,
         components=tuple(args.components), height=args.height, width=args.width, batch=args.batch,
         dynamic=getattr(args, "dynamic", False),
-        calibration=Calibration(prompts=prompts, steps=getattr(args, "calibration_steps", Calibration.steps)),
+        calibration=Calibration(prompts=prompts, steps=getattr(args, "calibration_steps", Calibration.steps),
+                                count=getattr(args, "calibration_count", Calibration.count) or None),
         overwrite=args.overwrite, progress=not args.no_progress, options=options,
     )
