@@ -54,3 +54,16 @@ class ConvertedModel:
 
 class ExportError(BksdmError, RuntimeError):
     """An export that cannot be done; the message says why and what to do."""
+
+
+def release_module(module) -> None:
+    """Free a PyTorch module's weights once a back-end has traced it (``options["release_module"]``).
+
+    The module (and the ``SDModel`` component it wraps) moves to the meta device: shapes stay, storage
+    goes. ``export_bundle`` asks for it only for a model it loaded itself, after PyTorch's reference
+    outputs were computed, for the last component that uses those weights.
+    """
+    import gc
+
+    module.to("meta")
+    gc.collect()

@@ -19,6 +19,7 @@ MANIFEST = "manifest.json"
 VALIDATION = "validation.json"
 # What a reader needs besides the file list (docs/bundle_format.md).
 REQUIRED_KEYS = ("format", "precision", "image", "components", "scheduler", "tokenizer")
+EXPORT_LOG = "export_log.json"  # stages of the export: wall/CPU seconds, peak RSS (export/stages.py)
 
 
 class BundleError(BksdmError):

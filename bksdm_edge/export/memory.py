@@ -125,3 +125,54 @@ def _unique(items: Iterable[str]) -> list[str]:
     for item in items:
         seen.setdefault(item, None)
     return list(seen)
+
+
+# ---------------------------------------------------------------------------------------------
+# What an export holds: the model's weights and its largest activation, per component.
+
+
+def _params(module) -> int:
+    return sum(p.numel() for p in module.parameters()) + sum(b.numel() for b in module.buffers())
+
+
+def component_weight_bytes(model, component: str) -> int:
+    """fp32 bytes of the weights ``component``'s wrapper carries (the VAE's decoder or encoder half only)."""
+    if component == "unet":
+        return weight_bytes(_params(model.unet))
+    if component == "text_encoder":
+        return weight_bytes(_params(model.text_encoder))
+    vae = model.vae
+    if component == "vae_decoder":
+        return weight_bytes(_params(vae.decoder) + _params(vae.post_quant_conv))
+    if component == "vae_encoder":
+        return weight_bytes(_params(vae.encoder) + _params(vae.quant_conv))
+    raise ValueError(f"unknown component {component!r}")
+
+
+def _heads(config, stage: int = 0) -> int:
+    """Attention heads of a U-Net stage (diffusers' SD configs keep the head count in attention_head_dim)."""
+    heads = getattr(config, "num_attention_heads", None) or config.attention_head_dim
+    return int(heads[stage] if isinstance(heads, (list, tuple)) else heads)
+
+
+def activation_bytes(model, component: str, height: int, width: int, batch: int) -> int:
+    """Bytes of the component's largest attention-score tensor at the export shape.
+
+    Unfused attention (how every exporter here writes it, and how ORT's calibration session runs
+    it) materialises batch x heads x tokens^2 scores; at 512 px that is the largest tensor of the
+    U-Net (tokens = the latent's 64x64 pixels at its first stage) and of the VAE (its mid-block
+    attention at the latent resolution, one head), and it doubles with the CFG batch.
+    """
+    f = model.vae_scale_factor
+    tokens = (height // f) * (width // f)
+    if component == "unet":
+        has_attention = any("Attn" in t for t in model.unet.config.down_block_types[:1])
+        if not has_attention:
+            tokens //= 4  # the first attention sits one stage down
+        return 4 * batch * _heads(model.unet.config) * tokens**2
+    if component in ("vae_decoder", "vae_encoder"):
+        return 4 * batch * tokens**2
+    if component == "text_encoder":
+        config = model.text_encoder.config
+        return 4 * batch * config.num_attention_heads * config.max_position_embeddings**2
+    raise ValueError(f"unknown component {component!r}")

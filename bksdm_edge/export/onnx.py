@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import ConvertedModel, ExportError, TensorInfo
+from .base import ConvertedModel, ExportError, TensorInfo, release_module
 from .registry import ExportTarget, Tolerance, register_target
 
 OPSET = 17
@@ -61,16 +61,23 @@ def convert(
         options: ``dynamic_axes`` ({input: {axis: name}}), ``io_dtype`` ("fp32"|"fp16", fp16 only),
             ``quantization`` ("dynamic"|"static"), ``op_types`` (ops to quantize), ``matmuls``
             ("all" | "projections": only MatMuls with a constant weight),
-            ``external_data`` (None = automatic above 1.9 GB).
+            ``external_data`` (None = automatic above 1.9 GB), ``release_module`` (free the module's
+            weights once traced: ``base.release_module``).
     """
     import onnx
+
+    from .stages import stage
 
     options = dict(options or {})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".work-") as work:
         work = Path(work)
-        fp32_path = export_fp32(module, example_inputs, output_names, work / "fp32.onnx", options.get("dynamic_axes"))
+        with stage("export fp32", detail="torch.onnx"):
+            fp32_path = export_fp32(module, example_inputs, output_names, work / "fp32.onnx",
+                                    options.get("dynamic_axes"))
+        if options.get("release_module"):
+            release_module(module)
         extra: dict[str, Any] = {"opset": OPSET, "exporter": "torch.onnx (TorchScript)"}
         if precision == "fp32":
             model = onnx.load(str(fp32_path))
@@ -81,7 +88,8 @@ def convert(
             method = options.get("quantization")
             q_path = work / "int8.onnx"
             if method == "dynamic":
-                _quantize_dynamic(fp32_path, q_path, options)
+                with stage("quantize", detail="dynamic"):
+                    _quantize_dynamic(fp32_path, q_path, options)
             elif method == "static":
                 if not calibration:
                     raise ExportError("static int8 quantization needs calibration inputs; none were given")
@@ -185,21 +193,35 @@ def _quantize_dynamic(src: Path, dst: Path, options: dict[str, Any]) -> None:
     )
 
 
-def _nodes_to_quantize(model, op_types: list[str], matmuls: str) -> list[str] | None:
+def _nodes_to_quantize(model, op_types: list[str], matmuls: str, float_io: bool = False) -> list[str] | None:
     """Node names to quantize, or None for every node of ``op_types``.
 
     ``matmuls == "projections"`` keeps only the MatMuls whose second input is a
     constant weight (the linear projections: to_q/k/v/out, feed-forward, proj_in/out) and
     leaves the activation x activation MatMuls of attention (QK^T, AV over 4,096 tokens at
     64x64) float, where Q/DQ over the attention probabilities costs more than int8 saves.
+
+    ``float_io`` leaves float the nodes that read a graph input (directly or through a Cast) or
+    write a graph output: the U-Net's conv_in and conv_out and the cross-attention to_k/to_v that
+    read the text embeddings. Their input ranges are set by the caller (latents whose scale drifts
+    along a trajectory, any prompt's embeddings), so static ranges fit them worst, and they are a
+    small share of the compute (conv_in/conv_out: 4 channels on one side; to_k/to_v: 77 tokens).
     """
-    if matmuls == "all":
-        return None
-    if matmuls != "projections":
+    if matmuls not in ("all", "projections"):
         raise ExportError(f"options['matmuls'] must be 'all' or 'projections', got {matmuls!r}")
+    if matmuls == "all" and not float_io:
+        return None
     weights = {i.name for i in model.graph.initializer}
+    graph_inputs = {i.name for i in model.graph.input}
+    casts = {n.output[0] for n in model.graph.node if n.op_type in ("Cast", "Identity") and n.input[0] in graph_inputs}
+    graph_outputs = {o.name for o in model.graph.output}
+
+    def at_io(node) -> bool:
+        return bool(set(node.input) & (graph_inputs | casts) or set(node.output) & graph_outputs)
+
     return [n.name for n in model.graph.node
-            if n.op_type in op_types and (n.op_type != "MatMul" or n.input[1] in weights)]
+            if n.op_type in op_types and (matmuls == "all" or n.op_type != "MatMul" or n.input[1] in weights)
+            and not (float_io and at_io(n))]
 
 
 def _calibrate(src: Path, op_types: list[str], nodes: list[str] | None, calibration, dtypes, cache: Path,
@@ -286,34 +308,42 @@ def _uses_external_data(path: Path) -> bool:
 
 def _quantize_static(src: Path, dst: Path, calibration, options: dict[str, Any]) -> None:
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from .stages import stage
 
     model = onnx.load(str(src), load_external_data=False)
     inputs, _ = graph_io(model)
     dtypes = {i.name: np.dtype(i.dtype) for i in inputs}
     op_types = options.get("op_types", ["Conv", "MatMul", "Gemm"])
-    nodes = _nodes_to_quantize(model, op_types, options.get("matmuls", "all"))
+    nodes = _nodes_to_quantize(model, op_types, options.get("matmuls", "all"), options.get("float_io", False))
     del model
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".calib-") as work:
         cache = Path(work) / "ranges.json"
         _calibrate(src, op_types, nodes, calibration, dtypes, cache, Path(work),
                    optimize=options.get("calibration_session") == "optimized")
-        quantize_static(
-            str(src), str(dst),
-            None,
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=op_types,
-            nodes_to_quantize=nodes,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            calibration_cache_path=str(cache),
-            use_external_data_format=_is_large(src),
-            # Symmetric int8 weights, asymmetric uint8 activations: what ORT's x86 QDQ fusions
-            # (QLinearConv, QLinearMatMul) expect.
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
-        )
+        with stage("quantize", detail="static QDQ"):
+            _quantize_from_ranges(src, dst, op_types, nodes, cache)
+
+
+def _quantize_from_ranges(src: Path, dst: Path, op_types: list[str], nodes: list[str] | None, cache: Path) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(
+        str(src), str(dst),
+        None,
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=op_types,
+        nodes_to_quantize=nodes,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        calibration_cache_path=str(cache),
+        use_external_data_format=_is_large(src),
+        # Symmetric int8 weights, asymmetric uint8 activations: what ORT's x86 QDQ fusions
+        # (QLinearConv, QLinearMatMul) expect.
+        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+    )
 
 
 def _is_large(path: Path) -> bool:
@@ -349,6 +379,7 @@ def load_runner(converted_or_path: ConvertedModel | str | Path, *, threads: int 
 
 class _OnnxTarget(ExportTarget):
     FORMAT = "onnx"
+    RELEASES_MODULE = True
     convert = staticmethod(convert)
     load_runner = staticmethod(load_runner)
 

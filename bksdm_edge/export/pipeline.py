@@ -7,6 +7,7 @@ atomic; the shared validation routine gates it.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 from ..runtime.image import GUIDANCE_EMBEDDING_PORTED as GUIDANCE_EMBEDDING
 from ..versions import package_versions
-from .bundle import VALIDATION, BundleWriter, component_entry, read_manifest, scheduler_entry, verify_bundle
+from .bundle import EXPORT_LOG, VALIDATION, BundleWriter, component_entry, read_manifest, scheduler_entry, verify_bundle
 from .manifest import ModelFacts, build_manifest
 from .registry import get_target
 from .request import ExportRequest, Validation
@@ -58,25 +59,38 @@ def model_facts(model) -> ModelFacts:
 def export_bundle(request: ExportRequest, *, model=None) -> Path:
     """Export, validate and bundle an SD model as ``request`` describes; returns the bundle path.
 
+    The console shows each stage as it starts (``request.progress``); the bundle's ``export_log.json``
+    records every stage's wall and CPU seconds and peak RSS (also in ``OUT.failed``).
+
     Args:
         request: what to export and how (``ExportRequest``; checked when it was built).
         model: an already loaded ``SDModel`` (skips loading ``request.model``; tests and the benchmark use it).
     Raises:
         ValidationFailed: an exported component did not match PyTorch (bundle left as ``OUT.failed``).
     """
+    from .stages import StageLog
+
+    with StageLog(show=request.progress) as log:
+        return _export_bundle(request, model, log)
+
+
+def _export_bundle(request: ExportRequest, model, log) -> Path:
     from ..loading import load_model
     from ..tiny_vae import check_components as check_vae_components
     from ..tokenizer_files import write_clip_tokenizer_files
     from .components import COMPONENTS
-    from .inputs import prepare_inputs, read_prompts
-    from .validation import ValidationReport, validate_component, validate_runtime_variants
+    from .inputs import calibration_prompts, prepare_inputs
+    from .stages import stage
+    from .validation import ValidationReport, reference_outputs, validate_component, validate_runtime_variants
 
     target = request.target
     writer = BundleWriter(request.out, overwrite=request.overwrite)  # refuses an existing bundle before slow work
 
     # 1. Load the model and settle each component's shape (U-Net: the requested batch; others: batch 1).
-    if model is None:
-        model = load_model(request.model, unet=request.unet, vae=request.vae)
+    owns_model = model is None  # only a model loaded here may have its weights freed as components finish
+    if owns_model:
+        with stage("load model"):
+            model = load_model(request.model, unet=request.unet, vae=request.vae)
     check_vae_components(model, request.components)
     shapes = {c: request.component_shape(c, model) for c in request.components}
     facts = model_facts(model)
@@ -84,8 +98,10 @@ def export_bundle(request: ExportRequest, *, model=None) -> Path:
     # 2. Inputs: seeded sets, one recorded pipeline run for validation (when the export can run here)
     #    and the calibration runs (when the target calibrates).
     calibrate = [c for c in request.components if c in target.NEEDS_CALIBRATION]
-    inputs = prepare_inputs(model, shapes, validation=request.validation if target.needs_recorded_inputs() else None,
-                            calibration=request.calibration, calibrate=calibrate, progress=request.progress)
+    with stage("record inputs"):
+        inputs = prepare_inputs(model, shapes,
+                                validation=request.validation if target.needs_recorded_inputs() else None,
+                                calibration=request.calibration, calibrate=calibrate, progress=request.progress)
 
     base = shapes[request.components[0]]
     report = ValidationReport(target=target.name(), context={
@@ -95,16 +111,27 @@ def export_bundle(request: ExportRequest, *, model=None) -> Path:
     with writer:
         root = writer.root
         # 3. Convert and validate every component; collect all failures before deciding.
-        for name in _progress(request.components, f"exporting {target.name()}", request.progress):
+        #    PyTorch's outputs come first, so that a back-end may free the module's weights once it has
+        #    traced it (release_module), before it calibrates and quantizes: the SD-v1.4 U-Net's 3.4 GB
+        #    then never sit beside ONNX Runtime's calibration session.
+        needed_later = [COMPONENTS[c].needs for c in request.components]
+        for i, name in enumerate(request.components):
             spec = COMPONENTS[name]
             module = target.component_module(name, model)
-            converted = target.convert(
-                module, inputs[name].example, spec.output_names, target.component_dir(root, name), target.PRECISION,
-                calibration=inputs[name].calibration, options=target.component_options(name, request, facts),
-            )
-            report.components[name] = validate_component(
-                name, target.for_component(name), module, converted, inputs[name].validation,
-                input_names=spec.input_names_for(model), output_names=spec.output_names)
+            with stage("references", name, detail=f"PyTorch on {len(inputs[name].validation)} input sets"):
+                references = reference_outputs(module, inputs[name].validation, spec.input_names_for(model))
+            options = target.component_options(name, request, facts)
+            if target.RELEASES_MODULE and owns_model and spec.needs not in needed_later[i + 1:]:
+                options["release_module"] = True
+            with stage("convert", name, detail=target.name()):
+                converted = target.convert(
+                    module, inputs[name].example, spec.output_names, target.component_dir(root, name),
+                    target.PRECISION, calibration=inputs[name].calibration, options=options,
+                )
+            with stage("validate", name, detail=f"{len(inputs[name].validation)} input sets"):
+                report.components[name] = validate_component(
+                    name, target.for_component(name), module, converted, inputs[name].validation,
+                    input_names=spec.input_names_for(model), output_names=spec.output_names, references=references)
             if target.RUNTIME_VARIANTS:  # e.g. OpenVINO's bf16 inference precision, recorded for generate's default
                 converted.extra["runtime_validation"] = validate_runtime_variants(
                     name, target.for_component(name), module, converted, inputs[name].validation,
@@ -117,9 +144,12 @@ def export_bundle(request: ExportRequest, *, model=None) -> Path:
         calibration = None
         if calibrate:
             prompts = request.calibration.prompts
-            calibration = {"prompts": str(prompts) if prompts else "default", "num_prompts": len(read_prompts(prompts)),
-                           "steps": request.calibration.steps,
+            used = calibration_prompts(request.calibration, request.validation)
+            calibration = {"prompts": str(prompts) if prompts else "default", "num_prompts": len(used),
+                           "prompt_list": used, "steps": request.calibration.steps,
                            "samples": {c: len(inputs[c].calibration) for c in calibrate}}
+            if "vae_decoder" in calibrate:  # half of them drawn from the VAE's latent prior (inputs.latent_prior_samples)
+                calibration["vae_decoder_latent_prior_samples"] = len(inputs["vae_decoder"].calibration) // 2
         manifest = build_manifest(
             request, target, facts, height=base.height, width=base.width, max_length=base.max_length,
             components=manifest_components, calibration=calibration,
@@ -132,6 +162,7 @@ def export_bundle(request: ExportRequest, *, model=None) -> Path:
         report.save(root / VALIDATION)
 
         # 5. Only a validated export becomes a bundle; a failed one stays as OUT.failed for inspection.
+        (root / EXPORT_LOG).write_text(json.dumps(log.to_json(), indent=1) + "\n")
         report.raise_if_failed(f" (report kept in {writer.out.name}.failed/{VALIDATION})")
         return writer.commit(manifest)
 

@@ -116,6 +116,8 @@ class ExportTarget:
     TENSOR_NAMES: ClassVar[dict[str, str]] = {}
     # Extra keyword options passed to ``convert(..., options=...)`` per component ("default" for the rest).
     OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Whether ``convert`` honours ``options["release_module"]`` (frees the PyTorch weights once traced).
+    RELEASES_MODULE: ClassVar[bool] = False
     # The format's default precision when a request names none (exactly one target per format sets it).
     DEFAULT: ClassVar[bool] = False
     # The U-Net batch when a request names none (text encoder and VAE are always batch 1).

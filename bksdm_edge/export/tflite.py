@@ -37,9 +37,10 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .base import ConvertedModel, ExportError, Runner, TensorInfo
+from .base import ConvertedModel, ExportError, Runner, TensorInfo, release_module
 from .memory import GIB, MemoryEstimate, PeakModel, available_memory, check_fits, count_parameters, weight_bytes
 from .registry import ExportTarget, Tolerance, register_target
+from .stages import stage
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8-weight-only", "w8a8")
 MODEL_FILE = "model.tflite"
@@ -201,14 +202,37 @@ def _calibrate(q, signature: str, calibration, calibration_ranges: Mapping[str, 
     """
     from ai_edge_quantizer import calibrator
 
+    from .stages import stage
+
     calib = calibrator.Calibrator(q._float_model_buffer, num_threads=os.cpu_count() or 1,
                                   mode=calibrator.CalibrationMode.CALIBRATION_PROFILER_BASED,
                                   qsv_update_func=_union_min_max)
     # The calibrator's interpreter gives the input names/dtypes/shapes (no second copy of the model).
     details = calib._tfl_interpreter.get_signature_runner(signature).get_input_details()
     feed = _calibration_feed(calibration, details)
-    calib.calibrate({signature: feed + _range_samples(feed, calibration_ranges)}, q._recipe_manager)
+    feed += _range_samples(feed, calibration_ranges)
+    with stage("calibrate", total=len(feed), detail=f"{len(feed)} samples") as progress:
+        calib.calibrate({signature: _ReportingFeed(feed, progress.update)}, q._recipe_manager)
     return calib.get_model_qsvs()
+
+
+class _ReportingFeed(list):
+    """Calibration samples that report each one done to ``on_sample``.
+
+    ``Calibrator.calibrate`` iterates its dataset twice: once to count operations, then to run
+    each sample; the second pass reports.
+    """
+
+    def __init__(self, samples, on_sample):
+        super().__init__(samples)
+        self._on_sample, self._passes = on_sample, 0
+
+    def __iter__(self):
+        self._passes += 1
+        for sample in super().__iter__():
+            yield sample
+            if self._passes > 1:
+                self._on_sample()
 
 
 def _range_samples(feed: list[dict], ranges: Mapping[str, tuple[float, float]]) -> list[dict]:
@@ -283,7 +307,7 @@ def _quantize(fp32_path: Path, out_path: Path, precision: str, signature: str, c
         result = _calibrate(q, signature, calibration, calibration_ranges or {})
     # Serializing to a path lets the quantizer write buffers over 2 GiB as offset buffers
     # and skip a second in-memory copy of the model.
-    with _quantize_large_conv_weights():
+    with _quantize_large_conv_weights(), stage("quantize", detail=precision):
         q.quantize(result, serialize_to_path=str(out_path), enable_progress_report=False)
     del q, result
     gc.collect()
@@ -353,7 +377,8 @@ def convert(
             name), ``calibration_ranges`` ({input: (low, high)} that w8a8 must cover beyond the calibration
             samples), ``fp32_tflite`` (an fp32 .tflite of this same
             module to quantize instead of converting again), ``lightweight`` (litert-torch lightweight_conversion; default on above 100M params),
-            ``memory_limit_bytes`` (override the available-memory check), ``verbose`` (litert progress).
+            ``memory_limit_bytes`` (override the available-memory check), ``verbose`` (litert progress),
+            ``release_module`` (free the module's weights once converted to fp32: ``base.release_module``).
     """
     import litert_torch
 
@@ -386,7 +411,10 @@ def convert(
             if precision == "fp32":
                 path.write_bytes(fp32_path.read_bytes())
         else:
-            _convert_fp32(module, example_inputs, output_names, signature, fp32_path, lightweight)
+            with stage("convert fp32", detail="litert-torch"):
+                _convert_fp32(module, example_inputs, output_names, signature, fp32_path, lightweight)
+        if options.get("release_module"):
+            release_module(module)
         t_convert = time.perf_counter() - t0
         fp32_size = fp32_path.stat().st_size
         # 3. Quantize the fp32 flatbuffer.
@@ -442,6 +470,7 @@ def load_runner(converted_or_path: ConvertedModel | Path | str, *, threads: int 
 
 class _TFLiteTarget(ExportTarget):
     FORMAT = "tflite"
+    RELEASES_MODULE = True
     DYNAMIC_SHAPES = False
     convert = staticmethod(convert)
     load_runner = staticmethod(load_runner)

@@ -125,6 +125,18 @@ class ValidationReport:
         return "\n".join(rows)
 
 
+def reference_outputs(module, input_sets: list, input_names: tuple[str, ...]) -> list[list[np.ndarray]]:
+    """The PyTorch module's outputs (float32 numpy, one list per set) on every input set."""
+    import torch
+
+    out = []
+    for input_set in input_sets:
+        with torch.no_grad():
+            ref = module(*(torch.from_numpy(np.asarray(input_set.inputs[n])) for n in input_names))
+        out.append([ref.float().numpy()] if isinstance(ref, torch.Tensor) else [r.float().numpy() for r in ref])
+    return out
+
+
 def validate_component(
     component: str,
     target: type[ExportTarget],
@@ -136,6 +148,7 @@ def validate_component(
     output_names: tuple[str, ...],
     runner: Callable | None = None,
     tolerance: Tolerance | None = None,
+    references: list[list[np.ndarray]] | None = None,
 ) -> ComponentReport:
     """Validate one exported component against its PyTorch module.
 
@@ -149,8 +162,9 @@ def validate_component(
         runner: the loaded exported model; ``None`` loads it with ``target.load_runner`` unless the
             target's runtime cannot run here.
         tolerance: thresholds instead of the target's (a ``RuntimeVariant``'s, e.g. OpenVINO bf16).
+        references: ``reference_outputs(module, input_sets, input_names)`` computed earlier (the export
+            frees a PyTorch module's weights once it is converted); None runs ``module`` here.
     """
-    import torch
 
     tol = tolerance or target.tolerance(component)
     report = ComponentReport(component, target.name(), tol.to_json())
@@ -183,13 +197,12 @@ def validate_component(
     elif runner is None:
         runner = target.load_runner(converted)
 
-    for input_set in input_sets:
+    if references is None:
+        references = reference_outputs(module, input_sets, input_names)
+    for input_set, refs in zip(input_sets, references):
         entry: dict[str, Any] = {"name": input_set.name}
         report.sets.append(entry)
         arrays = [input_set.inputs[n] for n in input_names]
-        with torch.no_grad():
-            ref = module(*(torch.from_numpy(np.asarray(a)) for a in arrays))
-        refs = [ref.float().numpy()] if isinstance(ref, torch.Tensor) else [r.float().numpy() for r in ref]
 
         # 2. Shapes (declared ones when the model cannot run here).
         if runner is None:
