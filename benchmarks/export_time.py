@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,14 +64,19 @@ class Scenario:
         return cls("builtin:" + (source or "sd-v1.4"), unet, fmt, precision, batch)
 
 
-def _student(s: Scenario, work: Path) -> Path | None:
+def _locked(argv: list[str], lock: str) -> list[str]:
+    """``argv`` under ``flock LOCK nice -n 5`` (full-size jobs), or as it is when ``lock`` is empty (toy models)."""
+    return ["flock", lock, "nice", "-n", "5", *argv] if lock else argv
+
+
+def _student(s: Scenario, work: Path, lock: str = LOCK) -> Path | None:
     """The scenario's student U-Net folder (built once, under the lock), or None for the teacher."""
     if s.unet == "teacher":
         return None
     folder = work / "students" / f"{s.source.split(':', 1)[1]}-{s.unet}"
     if not (folder / "config.json").exists():
-        result = run_child(["flock", LOCK, "nice", "-n", "5", sys.executable, "-m", "bksdm_edge", "build",
-                            "--teacher", s.source, "--variant", s.unet, "--out", str(folder)], env=child_env())
+        result = run_child(_locked([sys.executable, "-m", "bksdm_edge", "build", "--teacher", s.source,
+                                    "--variant", s.unet, "--out", str(folder)], lock), env=child_env())
         if not result.ok:
             raise RuntimeError(f"building {s.unet} failed: {result.error()}")
     return folder
@@ -94,18 +100,21 @@ def stage_groups(log: dict) -> dict[str, dict[str, float]]:
     return {g: {k: round(v, 1 if k != "peak_rss_gib" else 2) for k, v in c.items()} for g, c in out.items()}
 
 
-def run_scenario(s: Scenario, work: Path) -> dict:
+def run_scenario(s: Scenario, work: Path, lock: str = LOCK) -> dict:
     """Run one export as a user would and return its row."""
     out = work / "bundles" / s.name.replace("/", "_").replace(":", "_")
     argv = [sys.executable, "-m", "bksdm_edge", "export", "--model", s.source, "--format", s.format,
             "--precision", s.precision, "--batch", str(s.batch), "--out", str(out), "--overwrite"]
-    student = _student(s, work)
+    student = _student(s, work, lock)
     if student:
         argv += ["--unet", str(student)]
-    result = run_child(["flock", LOCK, "nice", "-n", "5", *argv], env=child_env())
+    load_before = os.getloadavg()
+    result = run_child(_locked(argv, lock), env=child_env())
     row = {"scenario": s.name, **asdict(s), "command": " ".join(argv[1:]), "exit_code": result.returncode,
            "wall_seconds": round(result.wall_s, 1),
-           "peak_rss_gib": round(result.peak_rss_mb / 1024, 2) if result.peak_rss_mb else None}
+           "peak_rss_gib": round(result.peak_rss_mb / 1024, 2) if result.peak_rss_mb else None,
+           # The machine is shared: 1/5/15-minute load averages when the export started and ended.
+           "load_avg": {"start": [round(x, 1) for x in load_before], "end": [round(x, 1) for x in os.getloadavg()]}}
     for folder in (out, out.with_name(out.name + ".failed")):
         if (folder / "export_log.json").exists():
             log = json.loads((folder / "export_log.json").read_text())
@@ -114,7 +123,9 @@ def run_scenario(s: Scenario, work: Path) -> dict:
                 report = json.loads((folder / "validation.json").read_text())
                 row["validation"] = {c: {"passed": r["passed"],
                                          "min_cosine": min((x["cosine"] for x in r["sets"] if "cosine" in x), default=None),
-                                         "min_psnr_db": min((x["psnr_db"] for x in r["sets"] if "psnr_db" in x), default=None)}
+                                         "min_psnr_db": min((x["psnr_db"] for x in r["sets"] if "psnr_db" in x), default=None),
+                                         "sets": {x["name"]: {"cosine": x.get("cosine"), "psnr_db": x.get("psnr_db")}
+                                                  for x in r["sets"]}}
                                      for c, r in report["components"].items()}
             break
     else:
@@ -136,14 +147,21 @@ def write_report(rows: list[dict], info: dict, out: Path) -> None:
     lines = ["# Export time and memory by stage", "", machine_markdown(info), "",
              "Wall seconds / CPU seconds per stage group (CPU time is comparable across load; wall time is what "
              "a user waits). Peak RSS: the export process tree.", "",
-             "| scenario | status | wall s | CPU s | peak RSS GiB | " + " | ".join(groups) + " |",
-             "|---|---|---:|---:|---:|" + "---:|" * len(groups)]
+             "| scenario | status | wall s | CPU s | peak RSS GiB | load (start/end, 5 min) | " + " | ".join(groups) + " |",
+             "|---|---|---:|---:|---:|---|" + "---:|" * len(groups)]
     for r in rows:
         gr = r.get("groups", {})
         cells = [f"{gr[g]['seconds']:.0f} / {gr[g]['cpu_seconds']:.0f}" if g in gr else "-" for g in groups]
         lines.append(f"| {r['scenario']} | {r.get('status')} | {r.get('wall_seconds', '-')} | "
                      f"{r.get('log', {}).get('total_cpu_seconds', '-')} | {r.get('peak_rss_gib', '-')} | "
-                     + " | ".join(cells) + " |")
+                     f"{_load(r)} | " + " | ".join(cells) + " |")
+    lines += ["", "Validation (the export's own gate; lowest cosine / PSNR over its input sets, seeded and trajectory):", "",
+              "| scenario | component | passed | min cosine | min PSNR dB |", "|---|---|---|---:|---:|"]
+    for r in rows:
+        for c, v in r.get("validation", {}).items():
+            cos, db = v.get("min_cosine"), v.get("min_psnr_db")
+            lines.append(f"| {r['scenario']} | {c} | {v['passed']} | {'-' if cos is None else f'{cos:.4f}'} | "
+                         f"{'-' if db is None else f'{db:.1f}'} |")
     lines += ["", "Stages with their peak RSS (GiB):", ""]
     for r in rows:
         stages = r.get("log", {}).get("stages", [])
@@ -154,6 +172,11 @@ def write_report(rows: list[dict], info: dict, out: Path) -> None:
                 for s in stages))
     (out / "report.md").write_text("\n".join(lines) + "\n")
     _plot(rows, groups, out / "stages.png")
+
+
+def _load(row: dict) -> str:
+    load = row.get("load_avg")
+    return f"{load['start'][1]} / {load['end'][1]}" if load else "-"
 
 
 def _plot(rows: list[dict], groups: list[str], path: Path) -> None:
@@ -186,6 +209,8 @@ def main(argv=None) -> int:
                         help="add a row from an export log written elsewhere (e.g. the code before a change)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/export_time")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bksdm-export-time"))
+    parser.add_argument("--lock", default=LOCK, help=f"flock file around each export ('' for none: toy models; "
+                                                      f"default {LOCK})")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.json"
@@ -200,7 +225,7 @@ def main(argv=None) -> int:
     for text in filter(None, args.scenarios.split(",")):
         s = Scenario.parse(text)
         print(f"[export-time] {s.name} ...", flush=True)
-        rows[s.name] = run_scenario(s, args.work)
+        rows[s.name] = run_scenario(s, args.work, args.lock)
         print(f"[export-time] {s.name}: {rows[s.name].get('status')}, {rows[s.name].get('wall_seconds')} s, "
               f"peak {rows[s.name].get('peak_rss_gib')} GiB", flush=True)
         results.write_text(json.dumps({"machine": info, "rows": list(rows.values())}, indent=1))

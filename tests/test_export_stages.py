@@ -65,3 +65,36 @@ def test_peak_model_is_linear_in_weights_and_activations():
     model = PeakModel(GIB, 2.0, 3.0)
     assert model.bytes_for(GIB, GIB) == 6 * GIB
     assert available_memory() > 0
+
+
+def test_export_refuses_before_any_work_when_a_conversion_would_not_fit(tiny_model, tmp_path):
+    """The pre-flight runs on every component before recording: too little memory is one message with the
+    estimate and the fixes, and nothing is written."""
+    from bksdm_edge.export.pipeline import ExportRequest, export_bundle
+
+    out = tmp_path / "bundle"
+    request = ExportRequest(out=out, model="builtin:tiny-sd", precision="int8", batch=2, progress=False,
+                            memory_limit=1024)
+    with pytest.raises(MemoryRefused) as err:
+        export_bundle(request, model=tiny_model)
+    message = str(err.value)
+    assert "ONNX int8 conversion of the" in message and "x fp32 weights" in message and "needs about" in message
+    assert "--batch 1" in message and "--memory-limit" in message and "nothing was started" in message
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("fmt, precision", [("onnx", "int8"), ("onnx", "fp32"), ("tflite", "w8a8")])
+def test_every_onnx_and_tflite_component_has_an_estimate_that_grows_with_batch(tiny_model, tmp_path, fmt, precision):
+    from bksdm_edge.export.components import ShapeConfig
+    from bksdm_edge.export.memory import activation_bytes, component_weight_bytes
+    from bksdm_edge.export.registry import get_target
+
+    target = get_target(fmt, precision)
+    for component in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
+        one, two = (target.memory_estimate(component, tiny_model, ShapeConfig(height=64, width=64, batch=b),
+                                           target.options(component)) for b in (1, 2))
+        assert one.total > component_weight_bytes(tiny_model, component) > 0
+        assert two.total >= one.total
+    # The U-Net's largest attention scores: batch x heads x (latent tokens)^2 floats at its first attention stage.
+    a1 = activation_bytes(tiny_model, "unet", 512, 512, 1)
+    assert activation_bytes(tiny_model, "unet", 512, 512, 2) == 2 * a1 and a1 > 0

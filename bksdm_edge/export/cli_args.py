@@ -104,6 +104,10 @@ def add_export_args(parser: argparse.ArgumentParser, formats: Sequence[str] | No
                             help="how many prompts of the list to record, first ones first; 0 = all (default: "
                                  f"{Calibration.count}: int8 ranges come from a trajectory's extremes, and each "
                                  "prompt is a full pipeline run)")
+    parser.add_argument("--memory-limit", type=float, default=None, metavar="GIB",
+                        help="RAM in GiB the export may use besides the loaded model; the export refuses before "
+                             "any slow work when a conversion's estimate (docs/bundle_format.md, Memory) exceeds "
+                             "it (default: the memory available at that point)")
     parser.add_argument("--out", required=True, type=Path, help="bundle folder to create (written atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -139,4 +143,5 @@ def request_from_args(args: argparse.Namespace) -> ExportRequest:
         calibration=Calibration(prompts=prompts, steps=getattr(args, "calibration_steps", Calibration.steps),
                                 count=getattr(args, "calibration_count", Calibration.count) or None),
         overwrite=args.overwrite, progress=not args.no_progress, options=options,
+        memory_limit=int(args.memory_limit * 2**30) if getattr(args, "memory_limit", None) is not None else None,
     )

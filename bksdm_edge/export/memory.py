@@ -128,46 +128,42 @@ def _unique(items: Iterable[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# What an export holds: the model's weights and its largest activation, per component.
-
-
-def _params(module) -> int:
-    return sum(p.numel() for p in module.parameters()) + sum(b.numel() for b in module.buffers())
+# The pre-flight of a whole export (``pipeline.export_bundle``): every component, before any slow work.
 
 
 def component_weight_bytes(model, component: str) -> int:
     """fp32 bytes of the weights ``component``'s wrapper carries (the VAE's decoder or encoder half only)."""
     if component == "unet":
-        return weight_bytes(_params(model.unet))
+        return weight_bytes(count_parameters(model.unet))
     if component == "text_encoder":
-        return weight_bytes(_params(model.text_encoder))
-    vae = model.vae
-    if component == "vae_decoder":
-        return weight_bytes(_params(vae.decoder) + _params(vae.post_quant_conv))
-    if component == "vae_encoder":
-        return weight_bytes(_params(vae.encoder) + _params(vae.quant_conv))
-    raise ValueError(f"unknown component {component!r}")
+        return weight_bytes(count_parameters(model.text_encoder))
+    parts = {"vae_decoder": ("decoder", "post_quant_conv"), "vae_encoder": ("encoder", "quant_conv")}
+    if component not in parts:
+        raise ValueError(f"unknown component {component!r}")
+    # A tiny VAE (AutoencoderTiny) has no quant convs.
+    return weight_bytes(sum(count_parameters(m) for m in (getattr(model.vae, a, None) for a in parts[component]) if m))
 
 
-def _heads(config, stage: int = 0) -> int:
-    """Attention heads of a U-Net stage (diffusers' SD configs keep the head count in attention_head_dim)."""
+def _heads(config) -> int:
+    """Attention heads of a U-Net's first attention stage (diffusers' SD configs keep the head count in
+    ``attention_head_dim``)."""
     heads = getattr(config, "num_attention_heads", None) or config.attention_head_dim
-    return int(heads[stage] if isinstance(heads, (list, tuple)) else heads)
+    return int(heads[0] if isinstance(heads, (list, tuple)) else heads)
 
 
 def activation_bytes(model, component: str, height: int, width: int, batch: int) -> int:
     """Bytes of the component's largest attention-score tensor at the export shape.
 
-    Unfused attention (how every exporter here writes it, and how ORT's calibration session runs
-    it) materialises batch x heads x tokens^2 scores; at 512 px that is the largest tensor of the
-    U-Net (tokens = the latent's 64x64 pixels at its first stage) and of the VAE (its mid-block
-    attention at the latent resolution, one head), and it doubles with the CFG batch.
+    Unfused attention (how every exporter here writes it, and how ONNX Runtime's calibration and
+    validation sessions run it) materialises batch x heads x tokens^2 scores; at 512 px that is the
+    largest tensor of the U-Net (tokens = the latent's 64x64 pixels at its first attention stage) and
+    of the VAE (its mid-block attention at the latent resolution, one head), and it doubles with the
+    CFG batch.
     """
     f = model.vae_scale_factor
     tokens = (height // f) * (width // f)
     if component == "unet":
-        has_attention = any("Attn" in t for t in model.unet.config.down_block_types[:1])
-        if not has_attention:
+        if not any("Attn" in t for t in model.unet.config.down_block_types[:1]):
             tokens //= 4  # the first attention sits one stage down
         return 4 * batch * _heads(model.unet.config) * tokens**2
     if component in ("vae_decoder", "vae_encoder"):
@@ -176,3 +172,35 @@ def activation_bytes(model, component: str, height: int, width: int, batch: int)
         config = model.text_encoder.config
         return 4 * batch * config.num_attention_heads * config.max_position_embeddings**2
     raise ValueError(f"unknown component {component!r}")
+
+
+def peak_estimate(peak: PeakModel, what: str, model, component: str, shape) -> MemoryEstimate:
+    """``peak`` applied to ``component`` of a loaded model at ``shape`` (a ``components.ShapeConfig``)."""
+    w = component_weight_bytes(model, component)
+    a = activation_bytes(model, component, shape.height, shape.width, shape.batch)
+    return MemoryEstimate(what, (("fixed", peak.fixed_bytes), (f"{peak.per_weight_byte:g} x fp32 weights",
+                                                               int(peak.per_weight_byte * w)),
+                                 (f"{peak.per_activation_byte:g} x attention scores",
+                                  int(peak.per_activation_byte * a))))
+
+
+def check_export_memory(request, model, shapes: dict) -> dict[str, int]:
+    """Refuse an export whose largest component conversion would not fit, before any slow work.
+
+    Components are converted one after another, each on top of the loaded model, so the largest
+    estimate is compared with what is available (or ``request.memory_limit``). Returns every
+    component's estimate in bytes (recorded in the export log); empty where the format has none.
+    """
+    target = request.target
+    estimates = {}
+    for component, shape in shapes.items():
+        estimate = target.memory_estimate(component, model, shape, target.component_options(component, request))
+        if estimate is not None:
+            estimates[component] = estimate
+    if estimates:
+        worst = max(estimates.values(), key=lambda e: e.total)
+        batch = shapes.get("unet")
+        fixes = ["export the U-Net at --batch 1 (the pipeline then calls it twice per step)"] if batch and batch.batch > 1 else []
+        check_fits(worst, limit=request.memory_limit, fixes=fixes,
+                   override="pass --memory-limit GIB (ExportRequest.memory_limit)")
+    return {c: e.total for c, e in estimates.items()}

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .base import ConvertedModel, ExportError, TensorInfo, release_module
+from .memory import GIB, PeakModel, peak_estimate
 from .registry import ExportTarget, Tolerance, register_target
 
 OPSET = 17
@@ -377,11 +378,34 @@ def load_runner(converted_or_path: ConvertedModel | str | Path, *, threads: int 
 # targets
 
 
+# Peak memory one ONNX conversion adds to the export process (on top of the loaded model), per kind of
+# conversion, as fixed + a x fp32 weight bytes + b x the largest attention-score tensor at the export
+# shape (memory.PeakModel). The trace holds the weights twice beside the module (the TorchScript graph and
+# the ModelProto); the module is freed once traced (release_module), then static int8's calibration and
+# validation sessions run the graph (weights once, activations: unfused attention scores and their
+# softmax), and quantize_static holds the float and the quantized model. Fitted above the measured peaks
+# of benchmarks/results/export_time (export_log.json's per-stage peak RSS minus the RSS before it).
+_MEASURED = "benchmarks/results/export_time"
+MEMORY: dict[str, PeakModel] = {
+    "fp32": PeakModel(GIB, 2.5, 3.0, source=_MEASURED),
+    "fp16": PeakModel(GIB, 3.0, 3.0, source=_MEASURED),
+    "dynamic": PeakModel(GIB, 3.0, 3.0, source=_MEASURED),
+    "static": PeakModel(GIB, 3.0, 3.0, source=_MEASURED),
+}
+
+
 class _OnnxTarget(ExportTarget):
     FORMAT = "onnx"
     RELEASES_MODULE = True
     convert = staticmethod(convert)
     load_runner = staticmethod(load_runner)
+
+    @classmethod
+    def memory_estimate(cls, component: str, model, shape, options: dict[str, Any]):
+        kind = options.get("quantization") or cls.PRECISION
+        return peak_estimate(MEMORY.get(kind, MEMORY["static"]),
+                             f"ONNX {cls.PRECISION} conversion of the {component} ({shape.height}x{shape.width}, "
+                             f"batch {shape.batch})", model, component, shape)
 
     @classmethod
     def write_layout_files(cls, root: Path, info: dict[str, Any]) -> list[Path]:

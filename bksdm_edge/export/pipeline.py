@@ -80,6 +80,7 @@ def _export_bundle(request: ExportRequest, model, log) -> Path:
     from ..tokenizer_files import write_clip_tokenizer_files
     from .components import COMPONENTS
     from .inputs import calibration_prompts, prepare_inputs
+    from .memory import check_export_memory
     from .stages import stage
     from .validation import ValidationReport, reference_outputs, validate_component, validate_runtime_variants
 
@@ -94,6 +95,8 @@ def _export_bundle(request: ExportRequest, model, log) -> Path:
     check_vae_components(model, request.components)
     shapes = {c: request.component_shape(c, model) for c in request.components}
     facts = model_facts(model)
+    # Refuse now, with the numbers, rather than be killed by the kernel after minutes of recording.
+    estimates = check_export_memory(request, model, shapes)
 
     # 2. Inputs: seeded sets, one recorded pipeline run for validation (when the export can run here)
     #    and the calibration runs (when the target calibrates).
@@ -162,7 +165,8 @@ def _export_bundle(request: ExportRequest, model, log) -> Path:
         report.save(root / VALIDATION)
 
         # 5. Only a validated export becomes a bundle; a failed one stays as OUT.failed for inspection.
-        (root / EXPORT_LOG).write_text(json.dumps(log.to_json(), indent=1) + "\n")
+        (root / EXPORT_LOG).write_text(json.dumps({**log.to_json(), "memory_estimates_bytes": estimates}, indent=1)
+                                       + "\n")
         report.raise_if_failed(f" (report kept in {writer.out.name}.failed/{VALIDATION})")
         return writer.commit(manifest)
 

@@ -185,6 +185,13 @@ class ExportTarget:
         return options
 
     @classmethod
+    def memory_estimate(cls, component: str, model, shape, options: dict[str, Any]):
+        """What converting ``component`` at ``shape`` adds to the process's peak memory, as a
+        ``memory.MemoryEstimate`` fitted above measured peaks; None where the format has none. The export
+        checks every component's estimate before any slow work (``memory.check_export_memory``)."""
+        return None
+
+    @classmethod
     def component_dir(cls, root: Path, component: str) -> Path:
         """Where ``convert`` writes ``component`` inside the bundle (one folder per component by default)."""
         return root / component

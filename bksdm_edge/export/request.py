@@ -113,6 +113,8 @@ class ExportRequest:
         overwrite: replace an existing bundle at ``out``.
         progress: progress bars on stderr.
         options: format-specific options (Core ML: attention, compute_units, ...); the target checks them.
+        memory_limit: bytes the export may use beyond the loaded model, for the pre-flight memory check
+            (``memory.check_export_memory``); None = the memory available when the check runs.
     """
 
     out: Path
@@ -131,6 +133,7 @@ class ExportRequest:
     overwrite: bool = False
     progress: bool = True
     options: Mapping[str, Any] = field(default_factory=dict)
+    memory_limit: int | None = None
 
     def __post_init__(self) -> None:
         from .registry import default_precision
@@ -167,6 +170,8 @@ class ExportRequest:
                 raise ExportError(f"{name} steps must be at least 1; got {run.steps}")
         if self.calibration.count is not None and self.calibration.count < 1:
             raise ExportError(f"calibration prompt count must be at least 1 (or None for all); got {self.calibration.count}")
+        if self.memory_limit is not None and self.memory_limit <= 0:
+            raise ExportError(f"the memory limit must be positive; got {self.memory_limit} bytes")
         if self.dynamic and not target.DYNAMIC_SHAPES:
             raise ExportError(f"{target.FORMAT} exports static shapes only; drop --dynamic")
         set_("options", MappingProxyType(target.check_options(self, dict(self.options))))

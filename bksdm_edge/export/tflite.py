@@ -476,6 +476,14 @@ class _TFLiteTarget(ExportTarget):
     load_runner = staticmethod(load_runner)
 
     @classmethod
+    def memory_estimate(cls, component: str, model, shape, options: dict[str, Any]) -> MemoryEstimate:
+        from .memory import component_weight_bytes
+
+        num_params = component_weight_bytes(model, component) // 4
+        lightweight = bool(options.get("lightweight", num_params >= LIGHTWEIGHT_MIN_PARAMS))
+        return memory_estimate(num_params, cls.PRECISION, lightweight)
+
+    @classmethod
     def runtime_unavailable(cls) -> str | None:
         try:
             import ai_edge_litert.interpreter  # noqa: F401
