@@ -473,8 +473,12 @@ class OnnxInt8(_OnnxTarget):
     DESCRIPTION = ("recommended int8: static QDQ (calibrated, per-channel int8 weights, uint8 activations) on the "
                    "convolutions and linear projections (MatMuls with a constant weight) of the U-Net and VAE; "
                    "attention's QK^T/AV MatMuls kept float (Q/DQ over the attention probabilities is slower than "
-                   "fp32 on CPU); dynamic int8 for the text encoder")
+                   "fp32 on CPU); the layers that read the inputs or write the outputs float; dynamic int8 for "
+                   "the text encoder")
     TOLERANCES = INT8_TOLERANCES
     NEEDS_CALIBRATION = ("unet", "vae_decoder", "vae_encoder")
-    OPTIONS = {"default": {"quantization": "static", "op_types": ["Conv", "Gemm", "MatMul"], "matmuls": "projections"},
+    # float_io: conv_in/conv_out and the cross-attention to_k/to_v that read the prompt embeddings stay float
+    # (docs/bundle_format.md, "int8 at every batch"): the inputs whose range static int8 fits worst.
+    OPTIONS = {"default": {"quantization": "static", "op_types": ["Conv", "Gemm", "MatMul"], "matmuls": "projections",
+                           "float_io": True},
                "text_encoder": {"quantization": "dynamic"}}
