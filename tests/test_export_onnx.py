@@ -229,3 +229,24 @@ def test_full_size_int8_pipeline_at_the_cfg_batch(unet, tmp_path):
     assert report["passed"] and report["context"]["shapes"]["unet"]["batch"] == 2
     log = json.loads((out / "export_log.json").read_text())
     assert log["peak_rss_bytes"] < 16 * 2**30, log
+
+
+def test_int8_keeps_the_layers_at_the_graph_inputs_and_outputs_float(tiny_model, tmp_path):
+    """The int8 recipe (float_io) leaves float exactly the U-Net layers that read its inputs or write its output:
+    conv_in, conv_out and the cross-attention to_k/to_v over the prompt embeddings."""
+    import onnx
+
+    spec = COMPONENTS["unet"]
+    shape = ShapeConfig(height=64, width=64, batch=2)
+    path = onnx_backend.export_fp32(spec.module(tiny_model), spec.example_inputs(tiny_model, shape), spec.output_names,
+                                    tmp_path / "unet.onnx")
+    model = onnx.load(str(path))
+    op_types = ["Conv", "Gemm", "MatMul"]
+    every = set(onnx_backend._nodes_to_quantize(model, op_types, "projections"))
+    kept = set(onnx_backend._nodes_to_quantize(model, op_types, "projections", float_io=True))
+    floated = every - kept
+    assert kept < every
+    for name in ("conv_in", "conv_out", "attn2/to_k", "attn2/to_v"):
+        assert any(name in n for n in floated), (name, sorted(floated))
+    assert not any(x in n for n in floated for x in ("to_q", "attn1", "resnets", "proj_in", "ff."))
+    assert get_target("onnx", "int8").options("unet")["float_io"]
