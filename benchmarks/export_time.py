@@ -37,7 +37,7 @@ GIB = 2**30
 GROUPS = {
     "load": ("load model",),
     "record": ("record inputs", "record validation trajectory", "record calibration inputs"),
-    "trace": ("export fp32 (torch.onnx)", "export fp32", "trace"),
+    "trace": ("export fp32 (torch.onnx)", "export fp32", "convert fp32", "trace"),
     "calibrate": ("calibrate", "calibrate (ORT MinMax)"),
     "quantize": ("quantize", "quantize (quantize_static)", "quantize (quantize_dynamic)"),
     "validate": ("validate", "references"),
@@ -229,6 +229,9 @@ def main(argv=None) -> int:
         print(f"[export-time] {s.name}: {rows[s.name].get('status')}, {rows[s.name].get('wall_seconds')} s, "
               f"peak {rows[s.name].get('peak_rss_gib')} GiB", flush=True)
         results.write_text(json.dumps({"machine": info, "rows": list(rows.values())}, indent=1))
+    for row in rows.values():  # the stage grouping may have changed since a row was recorded
+        if row.get("log"):
+            row["groups"] = stage_groups(row["log"])
     results.write_text(json.dumps({"machine": info, "rows": list(rows.values())}, indent=1))
     write_report(list(rows.values()), info, args.out)
     return 0

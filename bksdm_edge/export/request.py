@@ -66,8 +66,7 @@ class Calibration:
             the validation seed so that calibration never sees the inputs it is validated on.
         count: how many prompts of the list to run (the first ones; None = all). MinMax ranges come from
             the extremes of a trajectory, not from many prompts: on builtin:mini-sd 1-6 prompts gave the
-            same int8 accuracy (docs/tflite.md), while every prompt is a full pipeline run (about 30 s at
-            512 px for BK-SDM-Tiny on 2 cores, plus its calibration passes).
+            same int8 accuracy (benchmarks/results/int8_study), while every prompt is a full pipeline run.
     """
 
     prompts: Path | None = None
