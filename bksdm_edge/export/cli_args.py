@@ -106,7 +106,7 @@ def add_export_args(parser: argparse.ArgumentParser, formats: Sequence[str] | No
                                  "prompt is a full pipeline run)")
     parser.add_argument("--memory-limit", type=float, default=None, metavar="GIB",
                         help="RAM in GiB the export may use besides the loaded model; the export refuses before "
-                             "any slow work when a conversion's estimate (docs/bundle_format.md, Memory) exceeds "
+                             "any slow work when a conversion's estimate (docs/export.md) exceeds "
                              "it (default: the memory available at that point)")
     parser.add_argument("--out", required=True, type=Path, help="bundle folder to create (written atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")

@@ -482,7 +482,7 @@ class OnnxInt8(_OnnxTarget):
     TOLERANCES = INT8_TOLERANCES
     NEEDS_CALIBRATION = ("unet", "vae_decoder", "vae_encoder")
     # float_io: conv_in/conv_out and the cross-attention to_k/to_v that read the prompt embeddings stay float
-    # (docs/bundle_format.md, "int8 at every batch"): the inputs whose range static int8 fits worst.
+    # (docs/export.md, "ONNX int8 at every batch"): the inputs whose range static int8 fits worst.
     OPTIONS = {"default": {"quantization": "static", "op_types": ["Conv", "Gemm", "MatMul"], "matmuls": "projections",
                            "float_io": True},
                "text_encoder": {"quantization": "dynamic"}}
