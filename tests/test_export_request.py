@@ -103,3 +103,23 @@ def test_precision_help_is_made_from_the_targets():
         assert f"{target.PRECISION} = {target.DESCRIPTION}" in text, target.name()
     # No measured speeds in help text or descriptions: numbers live in benchmarks/results and the docs.
     assert not any(unit in t.DESCRIPTION for t in all_targets().values() for unit in (" s ", " ms", "x faster"))
+
+
+def test_calibration_count_and_memory_limit_are_checked(tmp_path):
+    from bksdm_edge.export.request import Calibration, ExportRequest
+
+    with pytest.raises(ExportError, match="--calibration-count"):
+        ExportRequest(out=tmp_path / "b", precision="int8", calibration=Calibration(count=0))
+    with pytest.raises(ExportError, match="--memory-limit"):
+        ExportRequest(out=tmp_path / "b", memory_limit=-1)
+    assert ExportRequest(out=tmp_path / "b", precision="int8", calibration=Calibration(count=None)).calibration.count is None
+
+
+def test_cli_calibration_count_zero_means_every_prompt_and_memory_limit_is_gib(tmp_path):
+    cli = argparse.ArgumentParser()
+    add_export_args(cli)
+    args = ["--format", "onnx", "--precision", "int8", "--out", str(tmp_path / "b")]
+    request = request_from_args(cli.parse_args([*args, "--calibration-count", "0", "--memory-limit", "1.5"]))
+    assert request.calibration.count is None and request.memory_limit == int(1.5 * 2**30)
+    default = request_from_args(cli.parse_args(args))
+    assert default.calibration.count == Calibration.count == 4 and default.memory_limit is None

@@ -168,9 +168,10 @@ class ExportRequest:
             if run.steps < 1:
                 raise ExportError(f"{name} steps must be at least 1; got {run.steps}")
         if self.calibration.count is not None and self.calibration.count < 1:
-            raise ExportError(f"calibration prompt count must be at least 1 (or None for all); got {self.calibration.count}")
+            raise ExportError(f"the calibration prompt count (--calibration-count) must be at least 1, or 0 for all "
+                              f"prompts; got {self.calibration.count}")
         if self.memory_limit is not None and self.memory_limit <= 0:
-            raise ExportError(f"the memory limit must be positive; got {self.memory_limit} bytes")
+            raise ExportError(f"the memory limit (--memory-limit) must be positive; got {self.memory_limit} bytes")
         if self.dynamic and not target.DYNAMIC_SHAPES:
             raise ExportError(f"{target.FORMAT} exports static shapes only; drop --dynamic")
         set_("options", MappingProxyType(target.check_options(self, dict(self.options))))
