@@ -52,12 +52,14 @@ def test_every_component_exports_and_validates(precision, tiny_model, real_input
         if precision == "fp16" and name == "unet":
             _check_fp16_keeps_overflow_prone_ops_in_fp32(converted)
         if precision in ("int8", "int8-static") and name == "unet":
-            _check_matmul_quantization(converted, attention_quantized=precision == "int8-static")
+            _check_matmul_quantization(converted, attention_quantized=precision == "int8-static",
+                                       float_io=bool(target.options(name).get("float_io")))
     assert not failures, failures
 
 
-def _check_matmul_quantization(converted, attention_quantized: bool):
-    """int8 quantizes the projections (constant-weight MatMuls) but not attention's QK^T/AV."""
+def _check_matmul_quantization(converted, attention_quantized: bool, float_io: bool = False):
+    """int8 quantizes the projections (constant-weight MatMuls) but not attention's QK^T/AV; with ``float_io``
+    the projections that read a graph input (cross-attention to_k/to_v over the prompt embeddings) stay float."""
     import onnx
 
     graph = onnx.load(str(converted.path)).graph
@@ -68,7 +70,14 @@ def _check_matmul_quantization(converted, attention_quantized: bool):
     projections = [n for n in matmuls if n.input[1] in weights]
     attention = [n for n in matmuls if n.input[1] not in weights]
     assert projections and attention
-    assert all(n.input[0] in dequantized and n.input[1] in dequantized for n in projections)
+    graph_inputs = {i.name for i in graph.input}
+    graph_inputs |= {n.output[0] for n in graph.node if n.op_type in ("Cast", "Identity") and n.input[0] in graph_inputs}
+    at_input = [n for n in projections if n.input[0] in graph_inputs]  # float ones only: a quantized one reads a DQ
+    assert bool(at_input) == float_io
+    inner = [n for n in projections if n not in at_input] if float_io else projections
+    assert all(n.input[0] in dequantized and n.input[1] in dequantized for n in inner)
+    if float_io:
+        assert not any(n.input[0] in dequantized or n.input[1] in dequantized for n in at_input)
     assert all((n.input[0] in dequantized) == attention_quantized for n in attention), [n.name for n in attention]
 
 
