@@ -141,7 +141,7 @@ def component_weight_bytes(model, component: str) -> int:
     if component not in parts:
         raise ValueError(f"unknown component {component!r}")
     # A tiny VAE (AutoencoderTiny) has no quant convs.
-    return weight_bytes(sum(count_parameters(m) for m in (getattr(model.vae, a, None) for a in parts[component]) if m))
+    return weight_bytes(sum(count_parameters(m) for m in (getattr(model.vae, a, None) for a in parts[component]) if m is not None))
 
 
 def _heads(config) -> int:
