@@ -9,6 +9,7 @@ for the cores.
 
     python benchmarks/export_time.py --scenarios sd-v1.4/bk-tiny:onnx:int8:b2 [--out DIR] [--work DIR]
     python benchmarks/export_time.py --import-log NAME=LOG.json   # a log written by another harness
+                                                                  # (with the validation.json beside it, if any)
 
 A scenario is ``[source/]unet:format:precision[:bN]``: ``unet`` is ``teacher`` or a BK-SDM variant
 (built once into ``--work`` from the source with ``bksdm-edge build``), ``bN`` the U-Net batch.
@@ -119,18 +120,24 @@ def run_scenario(s: Scenario, work: Path, lock: str = LOCK) -> dict:
         if (folder / "export_log.json").exists():
             log = json.loads((folder / "export_log.json").read_text())
             row.update(status="ok" if folder == out else "validation failed", log=log, groups=stage_groups(log))
-            if (folder / "validation.json").exists():
-                report = json.loads((folder / "validation.json").read_text())
-                row["validation"] = {c: {"passed": r["passed"],
-                                         "min_cosine": min((x["cosine"] for x in r["sets"] if "cosine" in x), default=None),
-                                         "min_psnr_db": min((x["psnr_db"] for x in r["sets"] if "psnr_db" in x), default=None),
-                                         "sets": {x["name"]: {"cosine": x.get("cosine"), "psnr_db": x.get("psnr_db")}
-                                                  for x in r["sets"]}}
-                                     for c, r in report["components"].items()}
+            row.update(_validation(folder))
             break
     else:
         row.update(status="failed", error=result.error(), log_tail=result.tail(2000))
     return row
+
+
+def _validation(folder: Path) -> dict:
+    """``{"validation": {component: lowest cosine/PSNR and every set's}}`` from a bundle's validation.json, if any."""
+    if not (folder / "validation.json").exists():
+        return {}
+    report = json.loads((folder / "validation.json").read_text())
+    return {"validation": {c: {"passed": r["passed"],
+                               "min_cosine": min((x["cosine"] for x in r["sets"] if "cosine" in x), default=None),
+                               "min_psnr_db": min((x["psnr_db"] for x in r["sets"] if "psnr_db" in x), default=None),
+                               "sets": {x["name"]: {"cosine": x.get("cosine"), "psnr_db": x.get("psnr_db")}
+                                        for x in r["sets"]}}
+                           for c, r in report["components"].items()}}
 
 
 def write_report(rows: list[dict], info: dict, out: Path) -> None:
@@ -221,7 +228,7 @@ def main(argv=None) -> int:
         log = json.loads(Path(path).read_text())
         rows[name] = {"scenario": name, "status": "imported", "source_log": path, "log": log,
                       "wall_seconds": log.get("total_seconds"), "peak_rss_gib": round(log["peak_rss_bytes"] / GIB, 2),
-                      "groups": stage_groups(log)}
+                      "groups": stage_groups(log), **_validation(Path(path).parent)}
     for text in filter(None, args.scenarios.split(",")):
         s = Scenario.parse(text)
         print(f"[export-time] {s.name} ...", flush=True)
