@@ -9,7 +9,7 @@ OUT    ?= out
 export HF_HUB_OFFLINE = 1
 export TF_CPP_MIN_LOG_LEVEL = 2
 
-.PHONY: setup run test test-slow android-test clean
+.PHONY: setup run test test-slow test-interop android-test clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,10 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# Our bundles in the real tools (optimum-onnx in its own venv, created once under ~/.cache/bksdm-edge/venvs).
+test-interop: setup
+	$(PY) -m pytest -q -m interop
 
 android-test:
 	bash android_demo/engine/test.sh

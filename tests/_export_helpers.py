@@ -10,8 +10,9 @@ ROOT = Path(tempfile.mkdtemp(prefix="bksdm-export-tests-"))
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_bundle(precision: str = "fp32", batch: int = 1) -> Path:
-    """A validated tiny-sd ONNX bundle (text_encoder, unet, vae_decoder). Treat as read-only."""
+def tiny_bundle(precision: str = "fp32", batch: int | str = 1) -> Path:
+    """A validated tiny-sd ONNX bundle (text_encoder, unet, vae_decoder) with a static U-Net batch (1 or 2), or
+    ``"dynamic"`` (the ONNX default: a batch axis). Treat as read-only."""
     from bksdm_edge.export.pipeline import ExportRequest, export_bundle
 
     request = ExportRequest(out=ROOT / f"tiny-{precision}-b{batch}", model="builtin:tiny-sd", precision=precision,

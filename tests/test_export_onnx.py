@@ -111,7 +111,7 @@ def test_external_data_is_used_when_asked(tiny_model, tmp_path):
     spec = COMPONENTS["vae_decoder"]
     converted = onnx_backend.convert(spec.module(tiny_model), spec.example_inputs(tiny_model, SHAPE),
                                      spec.output_names, tmp_path, "fp32", options={"external_data": True})
-    assert [f.name for f in converted.files] == ["model.onnx", "model.onnx_data"]
+    assert [f.name for f in converted.files] == ["model.onnx", "model.onnx_data", "config.json"]
     assert converted.extra["external_data"]
     run = onnx_backend.load_runner(converted)
     x = spec.example_inputs(tiny_model, SHAPE)["latent_sample"].numpy()

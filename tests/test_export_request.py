@@ -12,15 +12,15 @@ from bksdm_edge.errors import InputError
 from bksdm_edge.export.base import ExportError
 from bksdm_edge.export.bundle import read_manifest
 from bksdm_edge.export.cli_args import add_export_args, request_from_args
-from bksdm_edge.export.registry import all_targets, format_targets
-from bksdm_edge.export.request import Calibration, ExportRequest, Validation
+from bksdm_edge.export.registry import all_targets, format_targets, get_target
+from bksdm_edge.export.request import BATCH_AXIS, Calibration, ExportRequest, Validation
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_format_defaults_come_from_the_registry():
     onnx = ExportRequest(out="b")
-    assert (onnx.precision, onnx.batch, onnx.components) == ("fp32", 1, ("text_encoder", "unet", "vae_decoder"))
+    assert (onnx.precision, onnx.batch, onnx.components) == ("fp32", "dynamic", ("text_encoder", "unet", "vae_decoder"))
     coreml = ExportRequest(out="b", format="coreml")
     assert (coreml.precision, coreml.batch) == ("fp16", 2)  # Apple's Swift pipeline: both CFG rows in one call
     assert ExportRequest(out="b", format="tflite").precision == "fp32"
@@ -32,7 +32,8 @@ def test_format_defaults_come_from_the_registry():
     ({"precision": "int4"}, "choose from .*fp16.*fp32"),
     ({"components": ("unet", "refiner")}, "unknown components \\['refiner'\\]"),
     ({"components": ("unet", "unet")}, "listed twice"),
-    ({"batch": 4}, "batch must be 1 or 2"),
+    ({"batch": 4}, "batch must be 1, 2"),
+    ({"format": "tflite", "batch": "dynamic"}, "a U-Net batch axis is not possible"),
     ({"height": -64}, "height must be a positive"),
     ({"format": "tflite", "dynamic": True}, "static shapes only"),
     ({"options": {"attention": "split-einsum"}}, "onnx export takes no format options"),
@@ -65,6 +66,23 @@ def test_only_the_unet_gets_the_requested_batch(tiny_model):
     assert {(s.height, s.width) for s in shapes.values()} == {(128, 64)}  # width: the native 64 px of tiny-sd
     with pytest.raises(InputError, match="--height 100 is not a positive multiple of 64.*use 64 or 128"):
         request.replace(height=100).component_shape("unet", tiny_model)
+
+
+def test_onnx_default_is_a_unet_batch_axis_traced_at_the_cfg_batch(tiny_model):
+    """The ONNX default U-Net batch is an axis (benchmarks/results/unet_batch/), exported and validated at 2; other
+    formats keep their static default; text encoder and VAE stay at batch 1."""
+    request = ExportRequest(out="b")
+    assert request.batch == BATCH_AXIS == get_target("onnx", "fp32").DEFAULT_BATCH
+    assert {c: request.component_shape(c, tiny_model).batch for c in request.components} == {
+        "text_encoder": 1, "unet": 2, "vae_decoder": 1}
+    unet = request.target.component_options("unet", request)["dynamic_axes"]
+    assert unet == {"sample": {0: "batch"}, "timestep": {0: "batch"}, "encoder_hidden_states": {0: "batch"},
+                    "out_sample": {0: "batch"}}
+    assert "dynamic_axes" not in request.target.component_options("vae_decoder", request)
+    # a static U-Net keeps a free timestep length (optimum feeds its one timestep as [1])
+    static = request.replace(batch=2).target.component_options("unet", request.replace(batch=2))["dynamic_axes"]
+    assert static == {"timestep": {0: "timestep_batch"}}
+    assert ExportRequest(out="b", format="tflite").batch == 1
 
 
 def test_batch2_bundle_has_batch1_text_encoder_and_decoder():

@@ -86,6 +86,22 @@ def test_batch2_bundle_matches_diffusers(tiny_model):
     assert psnr(_diffusers_image(tiny_model, latents, steps=4), image.astype(np.float32) / 255, peak=1.0) >= 40.0
 
 
+def test_batch_axis_bundle_matches_diffusers_with_one_unet_call_per_step(tiny_model):
+    """The ONNX default (a U-Net batch axis): both CFG rows in one call, one row without guidance."""
+    pipe = BundlePipeline(tiny_bundle("fp32", batch="dynamic"))
+    unet = pipe.components["unet"]
+    assert unet.batch is None
+    rows, run = [], unet.run_raw
+    unet.run_raw = lambda feeds: rows.append(feeds["sample"].shape[0]) or run(feeds)
+    latents = np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    image, _ = pipe(PROMPT, steps=4, latents=latents)
+    assert set(rows) == {2} and len(rows) >= 4  # (PNDM calls the U-Net once more than steps)
+    assert psnr(_diffusers_image(tiny_model, latents, steps=4), image.astype(np.float32) / 255, peak=1.0) >= 40.0
+    rows.clear()
+    pipe(PROMPT, steps=2, guidance=1.0, latents=latents)
+    assert set(rows) == {1}
+
+
 def test_tampered_bundle_is_refused_before_loading(tmp_path):
     bundle = tmp_path / "b"
     shutil.copytree(tiny_bundle("fp32"), bundle)

@@ -380,7 +380,7 @@ class ExportBackend(Backend):
         entry = manifest["components"][s.component]
         return ({"files": [str(root / entry["file"])], "main": str(root / entry["file"]),
                  "extra": {"bundle": str(root), "precision": manifest["precision"]}},
-                bundle_inputs(entry["inputs"]))
+                bundle_inputs(entry["inputs"], batch=s.batch))
 
 
 @register_backend
@@ -447,13 +447,14 @@ def _manifest(s: Scenario) -> dict:
     return json.loads((Path(s.model) / BUNDLE_MANIFEST).read_text())
 
 
-def bundle_inputs(infos: list[dict], seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded feeds in a bundle component's own shapes and dtypes (latency does not depend on the values)."""
+def bundle_inputs(infos: list[dict], seed: int = 0, batch: int = 1) -> dict[str, np.ndarray]:
+    """Seeded feeds in a bundle component's own shapes and dtypes (latency does not depend on the values); a named
+    (dynamic) leading axis, e.g. a U-Net's batch axis, gets ``batch`` rows."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for info in infos:
         dtype = np.dtype(info["dtype"])
-        shape = tuple(info["shape"])
+        shape = tuple(d if isinstance(d, int) or i else batch for i, d in enumerate(info["shape"]))
         if np.issubdtype(dtype, np.integer):
             high = 49407 if "ids" in info["name"] else int(np.iinfo(dtype).max)
             low = 0 if "ids" in info["name"] else int(np.iinfo(dtype).min)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .registry import ALL_COMPONENTS, DEFAULT_COMPONENTS, FORMAT_MODULES, format_targets
-from .request import Calibration, ExportRequest
+from .request import BATCH_AXIS, BATCHES, Calibration, ExportRequest
 
 
 # Format options that are the console flags every entry point has (``--verbose``): not added again per format.
@@ -86,10 +86,14 @@ def add_export_args(parser: argparse.ArgumentParser, formats: Sequence[str] | No
                                                    "native size, 512 for SD-v1.4)")
     parser.add_argument("--width", type=int, help="image width in pixels, a multiple of 64 (default: native size)")
     batches = ", ".join(f"{f}: {format_targets(f)[0].DEFAULT_BATCH}" for f in formats if format_targets(f))
-    parser.add_argument("--batch", "--unet-batch", dest="batch", type=int, choices=(1, 2),
-                        help="the U-Net's batch: 1 (two calls per step for classifier-free guidance) or 2 (the "
-                             "unconditional and conditional rows in one call). The text encoder and VAE are always "
-                             f"exported at batch 1, as every SD pipeline calls them (default: {batches})")
+    axis = any(t.DYNAMIC_SHAPES for t in targets)
+    parser.add_argument("--batch", "--unet-batch", dest="batch", type=batch_arg, choices=BATCHES if axis else (1, 2),
+                        help="the U-Net's batch: 1 (two calls per step for classifier-free guidance), 2 (the "
+                             "unconditional and conditional rows in one call)"
+                             + (f" or {BATCH_AXIS} (a batch axis: 1 or 2 rows per call, what optimum's pipelines "
+                                "send; formats with dynamic shapes)" if axis else "")
+                             + ". The text encoder and VAE are always exported at batch 1, as every SD pipeline calls "
+                             f"them (default: {batches})")
     if any(t.DYNAMIC_SHAPES for t in targets):
         parser.add_argument("--dynamic", action="store_true",
                             help="dynamic batch/height/width axes instead of static shapes (ONNX; NPUs need static)")
@@ -126,6 +130,11 @@ def add_export_args(parser: argparse.ArgumentParser, formats: Sequence[str] | No
                 group.add_argument(opt.cli, dest=f"option_{opt.key}", choices=opt.choices, type=opt.type,
                                    metavar=None if opt.choices else opt.key.upper(), help=opt.help)
     return parser
+
+
+def batch_arg(text: str) -> int | str:
+    """``--batch``: a number of rows, or ``dynamic`` (a batch axis)."""
+    return text if text == BATCH_AXIS else int(text)
 
 
 def request_from_args(args: argparse.Namespace) -> ExportRequest:

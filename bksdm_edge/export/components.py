@@ -8,10 +8,13 @@ Conventions (see docs/bundle_format.md):
 - text_encoder: ``input_ids`` int32 [B, 77] -> ``last_hidden_state`` float [B, 77, D]
 - unet: ``sample`` [B, 4, h, w], ``timestep`` float32 [B], ``encoder_hidden_states`` [B, 77, D] -> ``out_sample``
 - vae_decoder: ``latent_sample`` (latents already divided by the scaling factor) -> ``sample`` in [-1, 1]
-- vae_encoder: ``sample`` image in [-1, 1] -> ``latent_mean`` (not yet multiplied by the scaling factor)
+- vae_encoder: ``sample`` image in [-1, 1] -> ``latent_parameters``: the latent distribution's mean and
+  log-variance stacked on the channel axis (2 x latent channels, not yet multiplied by the scaling factor), what
+  optimum's ``ORTVaeEncoder`` wraps as a ``DiagonalGaussianDistribution`` and Apple's Swift ``Encoder`` samples from
 
 A tiny VAE (``AutoencoderTiny``, TAESD) has ``scaling_factor`` 1.0: its decoder takes the U-Net's latents and its
-encoder returns them, so the same conventions hold with a factor of 1 (``bksdm_edge.tiny_vae``).
+encoder returns them (as the mean, with the smallest log-variance a sampler accepts), so the same conventions hold
+with a factor of 1 (``bksdm_edge.tiny_vae``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from torch import nn
 
 from ..loading import SDModel
 from .request import ShapeConfig  # noqa: F401 (re-exported: the shape type of make_inputs)
-from ..tiny_vae import encode_latents
+from ..tiny_vae import kind_of
 
 
 class TextEncoderWrapper(nn.Module):
@@ -58,12 +61,24 @@ class VaeDecoderWrapper(nn.Module):
 
 
 class VaeEncoderWrapper(nn.Module):
+    """image -> the parameters (mean, log-variance) of the VAE's latent distribution: a pipeline samples from them
+    (img2img) or takes the mean; the two consumers we match (optimum, Apple's Swift package) both expect them."""
+
     def __init__(self, vae: nn.Module):
         super().__init__()
         self.vae = vae
+        self.distribution = kind_of(vae).encoder_returns_distribution
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
-        return encode_latents(self.vae, sample)
+        out = self.vae.encode(sample, return_dict=False)[0]
+        if self.distribution:
+            return out.parameters
+        # a tiny (TAESD) encoder returns latents, not a distribution: they become the mean, with the smallest
+        # log-variance diffusers', optimum's and Swift's samplers accept (-30, std 3e-7), so a sample is the output
+        return torch.cat([out, torch.full_like(out, TINY_LOGVAR)], dim=1)
+
+
+TINY_LOGVAR = -30.0  # diffusers' and Swift's DiagonalGaussianDistribution clamp log-variance to [-30, 20]
 
 
 def _latent_channels(model: SDModel) -> int:
@@ -80,7 +95,7 @@ class ComponentSpec:
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     make_inputs: Callable[[SDModel, ShapeConfig, torch.Generator], dict[str, torch.Tensor]]
-    # Dimensions that may be dynamic, per input: {input: {axis: name}}.
+    # Dimensions that may be dynamic, per input (and output, where its axes are the inputs'): {name: {axis: name}}.
     dynamic_axes: dict[str, dict[int, str]]
     # Inputs after ``input_names`` that only some models have: {input: does this model have it}.
     optional_inputs: dict[str, Callable[[SDModel], bool]] = field(default_factory=dict)
@@ -88,6 +103,11 @@ class ComponentSpec:
     def input_names_for(self, model: SDModel) -> tuple[str, ...]:
         """This model's input names, in argument order (``input_names`` plus the optional inputs it has)."""
         return self.input_names + tuple(name for name, has in self.optional_inputs.items() if has(model))
+
+    @property
+    def batch_axes(self) -> dict[str, dict[int, str]]:
+        """``dynamic_axes`` with the batch axis only (a U-Net exported with ``--batch dynamic``)."""
+        return {name: {0: axes[0]} for name, axes in self.dynamic_axes.items() if 0 in axes}
 
     def module(self, model: SDModel) -> nn.Module:
         part = getattr(model, self.needs)
@@ -144,13 +164,14 @@ COMPONENTS: dict[str, ComponentSpec] = {
     for spec in (
         ComponentSpec(
             "text_encoder", "text_encoder", TextEncoderWrapper, ("input_ids",), ("last_hidden_state",),
-            _text_inputs, {"input_ids": {0: "batch"}},
+            _text_inputs, {"input_ids": {0: "batch"}, "last_hidden_state": {0: "batch"}},
         ),
         ComponentSpec(
             "unet", "unet", UNetWrapper, ("sample", "timestep", "encoder_hidden_states"), ("out_sample",),
             _unet_inputs,
             {"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
-             "encoder_hidden_states": {0: "batch"}, "timestep_cond": {0: "batch"}},
+             "encoder_hidden_states": {0: "batch"}, "timestep_cond": {0: "batch"},
+             "out_sample": {0: "batch", 2: "height", 3: "width"}},
             optional_inputs={"timestep_cond": lambda model: model.is_lcm},
         ),
         ComponentSpec(
@@ -158,7 +179,7 @@ COMPONENTS: dict[str, ComponentSpec] = {
             {"latent_sample": {0: "batch", 2: "height", 3: "width"}},
         ),
         ComponentSpec(
-            "vae_encoder", "vae", VaeEncoderWrapper, ("sample",), ("latent_mean",), _encoder_inputs,
+            "vae_encoder", "vae", VaeEncoderWrapper, ("sample",), ("latent_parameters",), _encoder_inputs,
             {"sample": {0: "batch", 2: "height", 3: "width"}},
         ),
     )
@@ -178,8 +199,11 @@ def spec_for_inputs(input_names: tuple[str, ...]) -> ComponentSpec:
 
 
 def write_source_config(module: nn.Module, out_dir) -> "Path | None":
-    """Save the wrapped diffusers/transformers model's ``config.json`` into ``out_dir`` (what optimum's
-    pipelines read per component: ``unet.config.in_channels``, ``vae.config.scaling_factor``, ...)."""
+    """Save the config of the diffusers/transformers model inside a component wrapper as ``out_dir/config.json``,
+    as ``save_pretrained`` of a diffusers pipeline writes it (``unet/config.json``, ``vae/config.json``,
+    ``text_encoder/config.json``): what optimum's ORT pipelines read per component (``unet.config.in_channels``,
+    ``vae.config.scaling_factor``, ...). Returns the file, or None when the wrapped module has no config."""
+    import copy
     from pathlib import Path
 
     inner = next(module.children(), None)
@@ -187,9 +211,13 @@ def write_source_config(module: nn.Module, out_dir) -> "Path | None":
     if config is None:
         return None
     out_dir = Path(out_dir)
-    if hasattr(inner, "save_config"):  # diffusers ConfigMixin
+    if hasattr(inner, "save_config"):  # diffusers ConfigMixin (UNet2DConditionModel, AutoencoderKL, AutoencoderTiny)
         inner.save_config(out_dir)
     elif hasattr(config, "save_pretrained"):  # transformers PretrainedConfig
+        config = copy.deepcopy(config)
+        # what PreTrainedModel.save_pretrained records besides the config: the class and the weights' dtype
+        config.architectures = [type(inner).__name__]
+        config.dtype = str(next(inner.parameters()).dtype).removeprefix("torch.")
         config.save_pretrained(out_dir)
     else:
         return None

@@ -21,6 +21,7 @@ import numpy as np
 from .base import ConvertedModel, ExportError, TensorInfo, release_module
 from .memory import GIB, PeakModel, peak_estimate
 from .registry import ExportTarget, Tolerance, register_target
+from .request import BATCH_AXIS
 
 OPSET = 17
 MODEL_FILE = "model.onnx"
@@ -68,6 +69,7 @@ def convert(
     import onnx
 
     from .stages import stage
+    from .components import write_source_config
 
     options = dict(options or {})
     out_dir = Path(out_dir)
@@ -103,7 +105,10 @@ def convert(
         else:
             raise ExportError(f"The ONNX back-end has no precision {precision!r}")
         files = save_model(model, out_dir / MODEL_FILE, options.get("external_data"))
-    extra["external_data"] = len(files) > 1
+    # optimum's layout: each component folder holds the source model's config.json beside model.onnx.
+    config = write_source_config(module, out_dir)
+    files += [config] if config else []
+    extra["external_data"] = any(f.name == DATA_FILE for f in files)
     inputs, outputs = graph_io(model)
     return ConvertedModel(path=out_dir / MODEL_FILE, files=files, inputs=inputs, outputs=outputs,
                           precision=precision, extra=extra)
@@ -401,6 +406,9 @@ MEMORY: dict[str, PeakModel] = {
 class _OnnxTarget(ExportTarget):
     FORMAT = "onnx"
     RELEASES_MODULE = True
+    # A U-Net batch axis: optimum's pipelines call the U-Net with 2 rows (guidance) or 1 (none, LCM); one bundle serves
+    # both (the speed of the axis vs static batch 2 vs two batch-1 calls: benchmarks/unet_batch.py).
+    DEFAULT_BATCH = BATCH_AXIS
     convert = staticmethod(convert)
     load_runner = staticmethod(load_runner)
 
@@ -412,8 +420,18 @@ class _OnnxTarget(ExportTarget):
                              f"batch {shape.batch})", model, component, shape)
 
     @classmethod
+    def component_options(cls, component: str, request, facts=None) -> dict[str, Any]:
+        options = super().component_options(component, request, facts)
+        if component == "unet":
+            # optimum's ORTUnet feeds the pipeline's one timestep as shape [1] whatever the batch (the U-Net broadcasts
+            # it to the rows), so a static-batch U-Net's timestep keeps a free length of its own.
+            options["dynamic_axes"] = {"timestep": {0: "timestep_batch"}, **(options.get("dynamic_axes") or {})}
+        return options
+
+    @classmethod
     def write_layout_files(cls, root: Path, info: dict[str, Any]) -> list[Path]:
-        """optimum's diffusion layout: ``model_index.json`` naming the ONNX pipeline parts."""
+        """optimum's diffusion layout: ``model_index.json`` naming the ONNX pipeline parts (the component folders
+        already hold ``model.onnx`` and the source's ``config.json``, written by ``convert``)."""
         from .bundle import write_model_index
 
         # optimum's ONNX Runtime pipeline class: the latent-consistency one for a U-Net that embeds the guidance.

@@ -212,8 +212,8 @@ def validate_bundle(path: str | Path, *, model=None, progress: bool = True, repo
     for name in request.components:
         # Each component at its own exported batch (bundles from before per-component batches had one batch).
         declared = manifest["components"][name]["inputs"][0]["shape"][0]
-        shapes[name] = replace(request.component_shape(name, model),
-                               batch=declared if isinstance(declared, int) else request.batch)
+        shape = request.component_shape(name, model)
+        shapes[name] = replace(shape, batch=declared) if isinstance(declared, int) else shape
     inputs = prepare_inputs(model, shapes, validation=request.validation if target.needs_recorded_inputs() else None)
     report = ValidationReport(target=target.name(), context={"bundle": str(root), "revalidation": True})
     for name in _progress(request.components, "validating", progress):

@@ -120,8 +120,8 @@ class ExportTarget:
     RELEASES_MODULE: ClassVar[bool] = False
     # The format's default precision when a request names none (exactly one target per format sets it).
     DEFAULT: ClassVar[bool] = False
-    # The U-Net batch when a request names none (text encoder and VAE are always batch 1).
-    DEFAULT_BATCH: ClassVar[int] = 1
+    # The U-Net batch when a request names none: 1, 2 or request.BATCH_AXIS (text encoder and VAE are always batch 1).
+    DEFAULT_BATCH: ClassVar[int | str] = 1
     # Whether batch/height/width can be exported as dynamic axes.
     DYNAMIC_SHAPES: ClassVar[bool] = True
     # Format-specific options a request may carry (``check_options`` validates them).
@@ -177,11 +177,14 @@ class ExportTarget:
     def component_options(cls, component: str, request, facts=None) -> dict[str, Any]:
         """The ``convert(..., options=...)`` of one component of ``request`` (``facts``: the model's
         ``manifest.ModelFacts``, for formats that record them in the model files)."""
+        from .request import BATCH_AXIS
+
         options = cls.options(component)
-        if request.dynamic:
+        if request.dynamic or (component == "unet" and request.batch == BATCH_AXIS):
             from .components import COMPONENTS
 
-            options["dynamic_axes"] = COMPONENTS[component].dynamic_axes
+            spec = COMPONENTS[component]
+            options["dynamic_axes"] = spec.dynamic_axes if request.dynamic else spec.batch_axes
         return options
 
     @classmethod

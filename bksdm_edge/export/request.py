@@ -14,9 +14,10 @@ model is loaded. Defaults that depend on the format come from the registry: the 
 (``ExportTarget.DEFAULT``) and the U-Net batch (``ExportTarget.DEFAULT_BATCH``).
 
 Shapes are per component (``component_shape``): the U-Net gets the requested batch (2 = the
-unconditional and conditional rows of classifier-free guidance in one call), the text encoder and
-the VAE batch 1, because every SD pipeline (diffusers, optimum, Apple's Swift package, ours) calls
-them once per prompt / latent.
+unconditional and conditional rows of classifier-free guidance in one call; ``BATCH_AXIS``: a batch
+axis, any number of rows per call, exported and validated at 2), the text encoder and the VAE batch 1,
+because every SD pipeline (diffusers, optimum, Apple's Swift package, ours) calls them once per
+prompt / latent.
 
 This module imports no torch (the CLI builds requests before deciding to load a model).
 """
@@ -34,6 +35,10 @@ from .registry import ALL_COMPONENTS, DEFAULT_COMPONENTS, get_target
 
 DEFAULT_VALIDATION_PROMPT = "a photo of an astronaut riding a horse on mars"
 DEFAULT_CALIBRATION_PROMPTS = 4
+# ``ExportRequest.batch`` for a U-Net with a batch axis: one call takes 1 row (no guidance, LCM) or 2 (CFG), or more
+# (several images per prompt), which optimum's pipelines send. The ONNX default (benchmarks/results/unet_batch/).
+BATCH_AXIS = "dynamic"
+BATCHES = (1, 2, BATCH_AXIS)
 
 
 @dataclass(frozen=True)
@@ -104,8 +109,8 @@ class ExportRequest:
         precision: a registered precision of ``format``; None = the format's default target.
         components: components to export, in order.
         height, width: image size in pixels; None = the U-Net's native size.
-        batch: the U-Net's batch (1, or 2 for both CFG rows in one call); None = the format's default.
-            Text encoder and VAE are always exported at batch 1.
+        batch: the U-Net's batch: 1, 2 (both CFG rows in one call) or ``BATCH_AXIS`` ("dynamic": a batch axis,
+            formats with dynamic shapes); None = the format's default. Text encoder and VAE are always batch 1.
         dynamic: batch/height/width as dynamic axes (formats that support them).
         calibration: where static int8 calibration inputs come from.
         validation: the pipeline run whose real inputs validation replays.
@@ -125,7 +130,7 @@ class ExportRequest:
     components: tuple[str, ...] = DEFAULT_COMPONENTS
     height: int | None = None
     width: int | None = None
-    batch: int | None = None
+    batch: int | str | None = None
     dynamic: bool = False
     calibration: Calibration = field(default_factory=Calibration)
     validation: Validation = field(default_factory=Validation)
@@ -158,8 +163,12 @@ class ExportRequest:
         set_("components", components)
         if self.batch is None:
             set_("batch", target.DEFAULT_BATCH)
-        if self.batch not in (1, 2):
-            raise ExportError(f"U-Net batch must be 1 or 2 (2 = both classifier-free guidance rows); got {self.batch}")
+        if self.batch not in BATCHES:
+            raise ExportError(f"U-Net batch must be 1, 2 (both classifier-free guidance rows) or {BATCH_AXIS!r} "
+                              f"(a batch axis); got {self.batch!r}")
+        if self.batch == BATCH_AXIS and not target.DYNAMIC_SHAPES:
+            raise ExportError(f"{target.FORMAT} exports static shapes only: a U-Net batch axis is not possible; "
+                              "use --batch 1 or 2")
         for name in ("height", "width"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -187,10 +196,11 @@ class ExportRequest:
         return self.height or native, self.width or native
 
     def component_shape(self, component: str, model) -> ShapeConfig:
-        """Export shape of ``component``: the requested U-Net batch for the U-Net, batch 1 for the others."""
+        """Export shape of ``component``: the requested U-Net batch for the U-Net (a batch axis is traced and
+        validated at 2, the CFG batch), batch 1 for the others."""
         height, width = self.image_size(model)
-        shape = ShapeConfig(height=height, width=width, batch=self.batch if component == "unet" else 1,
-                            dynamic=self.dynamic)
+        batch = (2 if self.batch == BATCH_AXIS else self.batch) if component == "unet" else 1
+        shape = ShapeConfig(height=height, width=width, batch=batch, dynamic=self.dynamic)
         shape.latent(model)  # checks divisibility
         return shape
 

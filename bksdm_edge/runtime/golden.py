@@ -271,12 +271,13 @@ def image_golden() -> str:
     return _dump({"format_version": FORMAT_VERSION}, cases)
 
 
-# The fake bundle of ``bundle_golden``: the I/O of builtin:tiny-sd's ONNX fp32 export (64 px, hidden size 32).
+# The fake bundle of ``bundle_golden``: the I/O of builtin:tiny-sd's ONNX fp32 export (64 px, hidden size 32; the
+# U-Net with the ONNX default batch axis, a dynamic dimension the engine reads as null).
 GOLDEN_BUNDLE_IO = {
     "text_encoder": ([("input_ids", (1, 77), "int32", None)], [("last_hidden_state", (1, 77, 32), "float32", None)]),
-    "unet": ([("sample", (1, 4, 8, 8), "float32", "NCHW"), ("timestep", (1,), "float32", None),
-              ("encoder_hidden_states", (1, 77, 32), "float32", None)],
-             [("out_sample", (1, 4, 8, 8), "float32", "NCHW")]),
+    "unet": ([("sample", ("batch", 4, 8, 8), "float32", "NCHW"), ("timestep", ("batch",), "float32", None),
+              ("encoder_hidden_states", ("batch", 77, 32), "float32", None)],
+             [("out_sample", ("batch", 4, 8, 8), "float32", "NCHW")]),
     "vae_decoder": ([("latent_sample", (1, 4, 8, 8), "float32", "NCHW")],
                     [("sample", (1, 3, 64, 64), "float32", "NCHW")]),
 }

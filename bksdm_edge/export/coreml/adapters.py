@@ -4,8 +4,8 @@ Apple's Swift package feeds, plus Apple's names (see ``contract.py`` for the who
 - text encoder: ``input_ids`` as float32 (Swift's ``TextEncoder`` feeds token ids as Float32);
 - U-Net: ``encoder_hidden_states`` channels-first ``(B, D, 1, 77)`` (layout ``NC1S``), the layout
   Swift's ``toHiddenStates`` builds for every attention implementation;
-- VAE encoder: Apple's ``latent`` output, the latent distribution's parameters (8 channels: mean and
-  log-variance), which Swift's ``Encoder`` samples from (``VaeEncoderMoments``);
+- VAE encoder: Apple's ``latent`` output is the canonical ``latent_parameters`` (8 channels: mean and
+  log-variance, ``components.VaeEncoderWrapper``), which Swift's ``Encoder`` samples from, renamed;
 - packages named ``TextEncoder``, ``Unet``, ``VAEDecoder``, ``VAEEncoder``; tensor renames are in
   ``targets.TENSOR_NAMES``.
 """
@@ -108,30 +108,6 @@ class ChannelsFirstText(nn.Module):
         inputs = list(inputs)
         inputs[self.text_position] = inputs[self.text_position].squeeze(2).transpose(1, 2)
         return self.inner(*inputs)
-
-
-class VaeEncoderMoments(nn.Module):
-    """The VAE encoder as Apple exports it: ``image`` -> ``latent``, the parameters of the latent distribution
-    (mean and log-variance stacked on the channel axis), which Swift's ``Encoder`` samples from.
-
-    A tiny (TAESD) encoder returns latents, not a distribution: they become the mean, with the smallest
-    log-variance Swift's sampler accepts (-30, std 3e-7), so its sample is the encoder's output."""
-
-    def __init__(self, vae: nn.Module):
-        super().__init__()
-        from ...tiny_vae import kind_of
-
-        self.vae = vae
-        self.distribution = kind_of(vae).encoder_returns_distribution
-
-    def forward(self, sample):
-        out = self.vae.encode(sample, return_dict=False)[0]
-        if self.distribution:
-            return out.parameters
-        return torch.cat([out, torch.full_like(out, TINY_LOGVAR)], dim=1)
-
-
-TINY_LOGVAR = -30.0  # diffusers' and Swift's DiagonalGaussianDistribution clamp log-variance to [-30, 20]
 
 
 def apple_adapter(component: str, module: nn.Module, input_names) -> nn.Module:

@@ -22,7 +22,7 @@ RESOURCES = "Resources"  # Apple's resource folder: the packages, vocab.json and
 # Canonical tensor name -> Core ML name, per component (Apple's names; see contract.py).
 TENSOR_NAMES: dict[str, dict[str, str]] = {
     "vae_decoder": {"latent_sample": "z"},
-    "vae_encoder": {"sample": "image", "latent_mean": "latent"},
+    "vae_encoder": {"sample": "image", "latent_parameters": "latent"},
 }
 
 OPTIONS = (
@@ -101,14 +101,6 @@ class CoreMLTarget(ExportTarget):
             raise ExportError(f"--weight-threshold must be a number of elements >= 0; got {opts['weight_threshold']}")
         check_environment(cls.PRECISION)  # fails in a second, before any model is loaded
         return opts
-
-    @classmethod
-    def component_module(cls, component: str, model):
-        if component == "vae_encoder":
-            from .adapters import VaeEncoderMoments
-
-            return VaeEncoderMoments(model.vae).eval()
-        return super().component_module(component, model)
 
     @classmethod
     def component_options(cls, component: str, request, facts=None) -> dict[str, Any]:
