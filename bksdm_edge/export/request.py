@@ -35,8 +35,8 @@ from .registry import ALL_COMPONENTS, DEFAULT_COMPONENTS, get_target
 
 DEFAULT_VALIDATION_PROMPT = "a photo of an astronaut riding a horse on mars"
 DEFAULT_CALIBRATION_PROMPTS = 4
-# ``ExportRequest.batch`` for a U-Net with a batch axis: one call takes 1 row (no guidance, LCM) or 2 (CFG), or more
-# (several images per prompt), which optimum's pipelines send. The ONNX default (benchmarks/results/unet_batch/).
+# ``ExportRequest.batch`` for a U-Net with a batch axis: one call takes 1 row (no guidance, LCM) or 2 (CFG), as
+# optimum's pipelines send them. The ONNX default (docs/bundle_format.md, "ONNX bundles in optimum").
 BATCH_AXIS = "dynamic"
 BATCHES = (1, 2, BATCH_AXIS)
 
