@@ -77,7 +77,7 @@ def test_onnx_default_is_a_unet_batch_axis_traced_at_the_cfg_batch(tiny_model):
         "text_encoder": 1, "unet": 2, "vae_decoder": 1}
     unet = request.target.component_options("unet", request)["dynamic_axes"]
     assert unet == {"sample": {0: "batch"}, "timestep": {0: "batch"}, "encoder_hidden_states": {0: "batch"},
-                    "out_sample": {0: "batch"}}
+                    "timestep_cond": {0: "batch"}, "out_sample": {0: "batch"}}  # timestep_cond: LCM U-Nets only
     assert "dynamic_axes" not in request.target.component_options("vae_decoder", request)
     # a static U-Net keeps a free timestep length (optimum feeds its one timestep as [1])
     static = request.replace(batch=2).target.component_options("unet", request.replace(batch=2))["dynamic_axes"]
