@@ -20,9 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bksdm_edge.bench.unet_batch import StudyConfig, measure, prepare, write_results  # noqa: E402
+from bksdm_edge.cli import add_console_flags, run_entry_point  # noqa: E402
 
 
-def main(argv=None) -> int:
+def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("phase", choices=("prepare", "measure", "all"))
     p.add_argument("--source", default=StudyConfig.source)
@@ -33,7 +34,10 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=StudyConfig.warmup)
     p.add_argument("--cache", type=Path, default=Path("/tmp/bksdm_unet_batch"), help="exported U-Nets")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "unet_batch")
-    a = p.parse_args(argv)
+    return add_console_flags(p).parse_args(argv)
+
+
+def run(a) -> int:
     config = StudyConfig(source=a.source, models=tuple(a.models.split(",")), resolution=a.resolution,
                          threads=a.threads, repeats=a.repeats, warmup=a.warmup)
     cache = a.cache / a.source.replace(":", "_") / f"{a.resolution}px"
@@ -46,4 +50,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry_point(sys.argv[1:], parse, run))
