@@ -105,6 +105,18 @@ def test_memory_refusal_before_any_work(tiny_model, tmp_path):
     assert not (tmp_path / "unet").exists(), "nothing is written before the check"
 
 
+def test_export_refuses_before_recording_when_the_estimate_does_not_fit(tmp_path):
+    """The shared pre-flight (memory.check_export_memory) knows OpenVINO's estimate: refused before any input is
+    recorded, nothing written."""
+    from bksdm_edge.export.memory import MemoryRefused
+
+    request = ExportRequest(out=tmp_path / "b", model="builtin:tiny-sd", format="openvino", precision="int8",
+                            memory_limit=2**20, progress=False)
+    with pytest.raises(MemoryRefused, match="OpenVINO int8 conversion of a"):
+        export_bundle(request, model=_model())
+    assert not (tmp_path / "b").exists()
+
+
 def test_every_full_size_conversion_is_estimated_under_16_gb():
     """The 16 GB rule (issue 19): the SD-v1.4 U-Net (the largest component, 860M parameters) converts at every
     precision within 16 GiB, the built module included; the estimate is fitted above measured peaks."""

@@ -81,6 +81,11 @@ def memory_estimate(num_params: int, precision: str) -> MemoryEstimate:
     )
 
 
+def _memory_kind(precision: str, options: dict[str, Any]) -> str:
+    """The ``MEMORY`` entry of a conversion: int8's weight-only components (the text encoder) cost as int8-weight-only."""
+    return "int8-weight-only" if precision == "int8" and options.get("quantization") == "weights" else precision
+
+
 def _ov():
     try:
         import openvino
@@ -124,7 +129,7 @@ def convert(
     from .onnx import export_fp32
 
     options = dict(options or {})
-    estimate = check_fits(memory_estimate(count_parameters(module), precision),
+    estimate = check_fits(memory_estimate(count_parameters(module), _memory_kind(precision, options)),
                           limit=options.get("memory_limit_bytes"),
                           override="pass options={'memory_limit_bytes': N} to convert()")
     out_dir = Path(out_dir)
@@ -338,6 +343,14 @@ class _OpenVinoTarget(ExportTarget):
         if variant == "bf16" and not cpu_has_bf16():
             return "this CPU has no bf16 units (OpenVINO reports no BF16 capability: no AVX512-BF16 or AMX)"
         return None
+
+    @classmethod
+    def memory_estimate(cls, component: str, model, shape, options: dict[str, Any]):
+        """The export's pre-flight (``memory.check_export_memory``, before recording inputs): the same estimate
+        ``convert`` checks again per component."""
+        from .memory import component_weight_bytes
+
+        return memory_estimate(component_weight_bytes(model, component) // 4, _memory_kind(cls.PRECISION, options))
 
     @classmethod
     def write_layout_files(cls, root: Path, info: dict[str, Any]) -> list[Path]:
