@@ -16,6 +16,7 @@ No torch import at module level: the parent process and ONNX/LiteRT workers stay
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import time
 from dataclasses import dataclass
@@ -160,6 +161,18 @@ def _files_under(root: Path, base: Path) -> list[str]:
 
 
 _BACKENDS: dict[str, Backend] = {}
+# Back-ends in their own modules (they import this one, so this one names them and imports them on first lookup:
+# the arrows keep pointing one way). Each registers itself with @register_backend when imported.
+PLUGIN_MODULES = ("bksdm_edge.bench.ov_backend", "bksdm_edge.bench.peers")
+_plugins_loaded = False
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if not _plugins_loaded:
+        _plugins_loaded = True
+        for name in PLUGIN_MODULES:
+            importlib.import_module(name)
 
 
 def register_backend(cls: type[Backend]) -> type[Backend]:
@@ -169,12 +182,14 @@ def register_backend(cls: type[Backend]) -> type[Backend]:
 
 
 def get_backend(name: str) -> Backend:
+    _load_plugins()
     if name not in _BACKENDS:
         raise BackendUnavailable(f"unknown backend {name!r}; registered: {', '.join(sorted(_BACKENDS))}")
     return _BACKENDS[name]
 
 
 def backend_names() -> list[str]:
+    _load_plugins()
     return sorted(_BACKENDS)
 
 
@@ -543,6 +558,3 @@ def prepare_artifact(s: Scenario, cache: Path) -> dict:
     (out / ARTIFACT_META).write_text(json.dumps(info, indent=2, default=str))
     return info
 
-
-# Back-ends in their own modules register themselves on import (the worker imports this module).
-from . import ov_backend, peers  # noqa: E402,F401
