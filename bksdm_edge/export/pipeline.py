@@ -90,7 +90,7 @@ def _export_bundle(request: ExportRequest, model, log) -> Path:
     # 1. Load the model and settle each component's shape (U-Net: the requested batch; others: batch 1).
     owns_model = model is None  # only a model loaded here may have its weights freed as components finish
     if owns_model:
-        with stage("load model"):
+        with stage("load model", show=False):
             model = load_model(request.model, unet=request.unet, vae=request.vae)
     check_vae_components(model, request.components)
     shapes = {c: request.component_shape(c, model) for c in request.components}

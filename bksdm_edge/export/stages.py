@@ -131,11 +131,12 @@ class StageLog:
 
     @contextlib.contextmanager
     def stage(self, name: str, component: str | None = None, *, total: int | None = None,
-              detail: str = "") -> Iterator[_Progress]:
+              detail: str = "", show: bool = True) -> Iterator[_Progress]:
         depth = len(self._open)
         label = "  " * depth + (f"{component}: {name}" if component else name) + (f" ({detail})" if detail else "")
         bar = None
-        if self.show:
+        show = self.show and show
+        if show:
             from tqdm.auto import tqdm
 
             if total:
@@ -146,8 +147,10 @@ class StageLog:
         cell = [0]
         self._open.append(cell)
         t0, cpu0 = time.perf_counter(), time.process_time()
+        failed = True
         try:
             yield _Progress(bar)
+            failed = False
         finally:
             seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             self._fold()
@@ -155,17 +158,18 @@ class StageLog:
             if bar is not None:
                 bar.close()
             self.records.append(StageRecord(name, component, seconds, cpu, cell[0], detail, depth))
-            if self.show:
+            if show and not failed:  # a failed stage leaves the console to the error message
                 print(f"{label}: {seconds:.1f} s (cpu {cpu:.1f} s), peak {cell[0] / 2**30:.1f} GiB", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
 def stage(name: str, component: str | None = None, *, total: int | None = None,
-          detail: str = "") -> Iterator[_Progress]:
-    """Mark a stage of the current export (no-op outside a ``StageLog``)."""
+          detail: str = "", show: bool = True) -> Iterator[_Progress]:
+    """Mark a stage of the current export (no-op outside a ``StageLog``); ``show=False`` records it without
+    a console line (loading, whose failures must reach the console as one error line)."""
     log = _CURRENT.get()
     if log is None:
         yield _Progress()
         return
-    with log.stage(name, component, total=total, detail=detail) as progress:
+    with log.stage(name, component, total=total, detail=detail, show=show) as progress:
         yield progress
