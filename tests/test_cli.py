@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,9 @@ def test_user_errors_exit_non_zero_without_traceback(tmp_path):
 ROOT = Path(__file__).resolve().parents[1]
 # Everything of ours that may appear on stderr in these runs: progress bars and the lines of `notice`.
 OUR_STDERR = ("recording pipeline inputs", "exporting ", "validating", "denoising", "replaced ")
+# The export's stage log (bksdm_edge/export/stages.py): "LABEL ...", "LABEL: 2.5 s (cpu 1.6 s), peak 0.5 GiB", and a
+# stage's progress bar "LABEL:  50%|...".
+STAGE_LINE = re.compile(r"^.+( \.\.\.|: \d+\.\d s \(cpu \d+\.\d s\), peak \d+\.\d GiB|: +\d+%\|.*)$")
 # What dependencies print when let through (used to prove --verbose shows it and the default does not).
 CHATTER = ("Warning", "warnings.warn", "torchao", "torchvision", "I0000", "W0000", "absl", "INFO:", "TensorFlow",
            "XNNPACK", "copyreg", "Running MIL")
@@ -55,7 +59,8 @@ def _run_quiet(*args, script=None):
 
 
 def _assert_only_ours(proc):
-    foreign = [line for line in _console_lines(proc.stderr) if not line.startswith(OUR_STDERR)]
+    foreign = [line for line in _console_lines(proc.stderr)
+               if not line.startswith(OUR_STDERR) and not STAGE_LINE.match(line)]
     assert not foreign, foreign[:10]
     chatter = [line for line in _console_lines(proc.stdout) if any(c in line for c in CHATTER)]
     assert not chatter, chatter[:10]
