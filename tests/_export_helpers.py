@@ -40,3 +40,22 @@ def tiny_real_inputs(size: int = 64):
     return prepare_inputs(_model(), {c: ShapeConfig(height=size, width=size) for c in COMPONENTS},
                           validation=Validation("a photo of a cat", 2), calibration=Calibration(prompts, 2),
                           calibrate=list(COMPONENTS))
+
+
+def convert_and_validate(target, name: str, model, inputs, out_dir: Path):
+    """Convert one component of ``model`` with ``target`` as an export does (its per-component options, calibration
+    where the target needs it) and validate it on ``inputs``' sets (one of ``tiny_real_inputs``' entries) with the
+    shared routine, which must have run every set. Returns (converted, report)."""
+    from bksdm_edge.export.components import COMPONENTS
+    from bksdm_edge.export.validation import validate_component
+
+    spec = COMPONENTS[name]
+    module = spec.module(model)
+    converted = target.convert(
+        module, inputs.example, spec.output_names, out_dir, target.PRECISION,
+        calibration=inputs.calibration if name in target.NEEDS_CALIBRATION else None, options=target.options(name),
+    )
+    report = validate_component(name, target, module, converted, inputs.validation, input_names=spec.input_names,
+                                output_names=spec.output_names)
+    assert report.numeric_checks == "run" and len(report.sets) == len(inputs.validation)
+    return converted, report

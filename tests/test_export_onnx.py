@@ -10,11 +10,10 @@ import pytest
 from bksdm_edge.errors import ValidationFailed
 from bksdm_edge.export import onnx as onnx_backend
 from bksdm_edge.export.components import COMPONENTS, ShapeConfig
-from _export_helpers import tiny_real_inputs
+from _export_helpers import convert_and_validate, tiny_real_inputs
 from bksdm_edge.export.pipeline import ExportRequest, export_bundle
 from bksdm_edge.export.request import Calibration, Validation
 from bksdm_edge.export.registry import get_target
-from bksdm_edge.export.validation import validate_component
 
 PRECISIONS = ["fp32", "fp16", "int8", "int8-dynamic", "int8-static"]
 SHAPE = ShapeConfig(height=64, width=64)
@@ -36,18 +35,7 @@ def test_every_component_exports_and_validates(precision, tiny_model, real_input
     target = get_target("onnx", precision)
     failures = []
     for name in COMPONENTS_TESTED.get(precision, list(COMPONENTS)):
-        spec = COMPONENTS[name]
-        module = spec.module(tiny_model)
-        inputs = real_inputs[name]
-        converted = target.convert(
-            module, inputs.example, spec.output_names, tmp_path / name, precision,
-            calibration=inputs.calibration if name in target.NEEDS_CALIBRATION else None, options=target.options(name),
-        )
-        sets = inputs.validation
-        report = validate_component(name, target, module, converted, sets, input_names=spec.input_names,
-                                    output_names=spec.output_names)
-        assert report.numeric_checks == "run"
-        assert len(report.sets) == len(sets)
+        converted, report = convert_and_validate(target, name, tiny_model, real_inputs[name], tmp_path / name)
         failures += report.failures
         if precision == "fp16" and name == "unet":
             _check_fp16_keeps_overflow_prone_ops_in_fp32(converted)

@@ -12,13 +12,12 @@ import pytest
 
 pytest.importorskip("openvino")
 
-from _export_helpers import _model, tiny_bundle, tiny_real_inputs  # noqa: E402
+from _export_helpers import _model, convert_and_validate, tiny_bundle, tiny_real_inputs  # noqa: E402
 from bksdm_edge.export import openvino as ov_backend  # noqa: E402
 from bksdm_edge.export.bundle import BundleError  # noqa: E402
 from bksdm_edge.export.components import COMPONENTS, ShapeConfig  # noqa: E402
 from bksdm_edge.export.pipeline import ExportRequest, export_bundle  # noqa: E402
 from bksdm_edge.export.registry import get_target, precisions  # noqa: E402
-from bksdm_edge.export.validation import validate_component  # noqa: E402
 from bksdm_edge.metrics import psnr  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
@@ -42,20 +41,10 @@ def test_every_component_exports_and_validates(precision, tiny_model, real_input
     target = get_target("openvino", precision)
     failures = []
     for name in COMPONENTS_TESTED.get(precision, ["text_encoder", "unet"]):
-        spec = COMPONENTS[name]
-        module = spec.module(tiny_model)
-        inputs = real_inputs[name]
-        converted = target.convert(
-            module, inputs.example, spec.output_names, tmp_path / name, precision,
-            calibration=inputs.calibration if name in target.NEEDS_CALIBRATION else None, options=target.options(name),
-        )
+        converted, report = convert_and_validate(target, name, tiny_model, real_inputs[name], tmp_path / name)
         # optimum-intel's layout: openvino_model.xml/.bin and the source's config.json per component folder.
         assert sorted(f.name for f in converted.files) == ["config.json", "openvino_model.bin", "openvino_model.xml"]
         assert all(isinstance(d, int) for t in converted.inputs for d in t.shape), "static shapes by default"
-        sets = inputs.validation
-        report = validate_component(name, target, module, converted, sets, input_names=spec.input_names,
-                                    output_names=spec.output_names)
-        assert report.numeric_checks == "run" and len(report.sets) == len(sets)
         failures += report.failures
         model = ov.Core().read_model(str(converted.path))
         _check_recipe(precision, name, model)
