@@ -373,10 +373,15 @@ class ExportBackend(Backend):
         return {"files": _files_under(bundle, out_dir), "main": "bundle", "extra": {"bundle": str(bundle)}}
 
     def load_pipeline(self, s, artifact_dir, meta):
+        from ..export import registry
         from ..generate import BundlePipeline
 
+        # A row measures one named run-time setting (the target's default unless the scenario names one), never
+        # generate's auto choice, so that a row means the same thing on every machine.
+        target = registry.get_target(self.FORMAT, s.precision)
         pipe = BundlePipeline(artifact_dir / meta["main"], threads=s.threads,
-                              inference_precision=s.options.get("runner", {}).get("inference_precision"))
+                              inference_precision=s.options.get("runner", {}).get("inference_precision")
+                              or target.DEFAULT_RUNTIME)
         guidance = guidance_of(s)
 
         def run(_):
