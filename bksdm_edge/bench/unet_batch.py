@@ -11,12 +11,14 @@ back-end's own ``convert`` (fp32):
 - ``batch-axis``: a dynamic batch axis (called with batch 2 for a CFG step, and with batch 1 twice),
 
 and times one CFG step of each, interleaved in one process (rounds alternate the order), so that load drift on
-a shared machine hits every variant alike. ``prepare`` (exports, heavy) and ``measure`` (timing) are separate
+a shared machine hits every variant alike; a model whose three sessions do not fit in memory together (full-size
+SD-v1.4 fp32 on 24 GB) is timed one variant at a time. ``prepare`` (exports, heavy) and ``measure`` (timing) are separate
 calls, so that only the timing needs an idle machine.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -104,6 +106,14 @@ def _feeds(record: dict, batch: int, latent_side: int, rng: np.random.Generator)
             "encoder_hidden_states": rng.standard_normal((batch, 77, context)).astype(np.float32)}
 
 
+def fits_together(records: dict[str, dict], factor: float = 2.5) -> bool:
+    """Whether every variant's session fits in the memory available now (weights x ``factor``: ONNX Runtime keeps
+    the initializers and pre-packed copies of the convolution/matmul weights, plus activations)."""
+    import psutil
+
+    return factor * sum(r["bytes"] for r in records.values()) < psutil.virtual_memory().available
+
+
 def measure(config: StudyConfig, cache: Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Time one CFG step of every variant, interleaved; returns the results document (machine included)."""
     from ..export.onnx import MODEL_FILE, load_runner
@@ -114,50 +124,59 @@ def measure(config: StudyConfig, cache: Path, *, log: Callable[[str], None] = pr
     rows = []
     for name in config.models:
         records = {v: json.loads((cache / name / v / "export.json").read_text()) for v in VARIANTS}
-        runners = {v: load_runner(cache / name / v / MODEL_FILE, threads=config.threads) for v in VARIANTS}
         rng = np.random.default_rng(0)
         feeds = {b: _feeds(records["static-b1"], b, side, rng) for b in (1, 2)}
-        one_row = {k: v[:1] for k, v in feeds[2].items()}
         split = [{k: v[i : i + 1] for k, v in feeds[2].items()} for i in range(2)]
+        # Three full-size SD-v1.4 fp32 sessions (3.4 GB of weights each, plus ONNX Runtime's pre-packed copies) do
+        # not fit in 24 GB together: such a model's variants are loaded and timed one at a time instead.
+        together = fits_together(records)
+        groups = [list(VARIANTS)] if together else [[v] for v in VARIANTS]
+        times: dict[str, list[float]] = {label: [] for label in CFG_STEP}
+        outputs: dict[str, np.ndarray] = {}
+        for group in groups:
+            runners = {v: load_runner(cache / name / v / MODEL_FILE, threads=config.threads) for v in group}
 
-        def step(label: str) -> float:
-            variant, calls, batch = CFG_STEP[label]
-            run = runners[variant]
-            started = time.perf_counter()
-            if calls == 1:
-                run(feeds[2])
-            else:
-                for part in split:
-                    run(part)
-            return time.perf_counter() - started
+            def step(label: str) -> float:
+                variant, calls, batch = CFG_STEP[label]
+                run = runners[variant]
+                started = time.perf_counter()
+                if calls == 1:
+                    run(feeds[2])
+                else:
+                    for part in split:
+                        run(part)
+                return time.perf_counter() - started
 
-        labels = list(CFG_STEP)
-        for _ in range(config.warmup):
-            for label in labels:
-                step(label)
-        times: dict[str, list[float]] = {label: [] for label in labels}
-        for r in range(config.repeats):
-            for label in labels[:: 1 if r % 2 == 0 else -1]:
-                times[label].append(step(label))
-        # the same outputs whichever way the step is run (batch-1 rows vs the batch-2 call)
-        ref = runners["static-b2"](feeds[2])["out_sample"]
-        parts = np.concatenate([runners["static-b1"](p)["out_sample"] for p in split])
-        axis = runners["batch-axis"](feeds[2])["out_sample"]
-        agree = float(max(np.abs(ref - parts).max(), np.abs(ref - axis).max()))
-        del one_row
+            labels = [label for label in CFG_STEP if CFG_STEP[label][0] in group]
+            for _ in range(config.warmup):
+                for label in labels:
+                    step(label)
+            for r in range(config.repeats):
+                for label in labels[:: 1 if r % 2 == 0 else -1]:
+                    times[label].append(step(label))
+            # the same outputs whichever way the step is run (batch-1 rows vs the batch-2 call)
+            for v in group:
+                outputs[v] = (np.concatenate([runners[v](p)["out_sample"] for p in split]) if v == "static-b1"
+                              else runners[v](feeds[2])["out_sample"])
+            del runners, step
+            gc.collect()
+        ref = outputs["static-b2"]
+        agree = float(max(np.abs(ref - outputs["static-b1"]).max(), np.abs(ref - outputs["batch-axis"]).max()))
         base = float(np.median(times["static-b1 x2"]))
-        for label in labels:
+        for label in CFG_STEP:
             variant, calls, batch = CFG_STEP[label]
             median = float(np.median(times[label]))
             rows.append({"model": name, "cfg_step": label, "variant": variant, "calls": calls, "batch": batch,
                          "median_s": round(median, 4), "times_s": [round(t, 4) for t in times[label]],
                          "vs_two_batch1_calls": round(median / base, 3), "max_abs_diff_vs_static_b2": agree,
-                         "model_bytes": records[variant]["bytes"]})
+                         "model_bytes": records[variant]["bytes"],
+                         "rounds": "interleaved" if together else "one variant loaded at a time"})
             log(f"  {name} {label}: {median:.2f} s per CFG step ({median / base:.2f}x of two batch-1 calls)")
-        del runners
     return {"name": "unet_batch", "config": asdict(config), "rows": rows,
             "machine": {"start": machine_start, "end": machine_info()},
-            "protocol": "one CFG step (2 U-Net rows) per variant, rounds interleaved with alternating order; "
+            "protocol": "one CFG step (2 U-Net rows) per variant, rounds interleaved with alternating order (a model "
+                        "whose three sessions do not fit in memory together: one variant loaded at a time, its "
+                        "rounds back to back, column rounds); "
                         "median over rounds; ONNX Runtime CPU fp32, random weights"}
 
 
@@ -177,10 +196,11 @@ def write_results(doc: dict[str, Any], out_dir: Path) -> list[Path]:
     cfg = doc["config"]
     lines = [f"# U-Net batch for classifier-free guidance ({cfg['source']}, {cfg['resolution']} px, ONNX Runtime fp32,"
              f" {cfg['threads']} threads)", "", doc["protocol"] + ".", "",
-             "| model | one CFG step as | calls x batch | median s | vs two batch-1 calls |", "|---|---|---|---:|---:|"]
+             "| model | one CFG step as | calls x batch | median s | vs two batch-1 calls | rounds |",
+             "|---|---|---|---:|---:|---|"]
     for r in doc["rows"]:
         lines.append(f"| {r['model']} | {r['cfg_step']} | {r['calls']} x {r['batch']} | {r['median_s']:.3f} | "
-                     f"{r['vs_two_batch1_calls']:.3f} |")
+                     f"{r['vs_two_batch1_calls']:.3f} | {r.get('rounds', 'interleaved')} |")
     lines += ["", machine_markdown(doc["machine"]["start"], (doc["machine"]["end"] or {}).get("load_average")), ""]
     (out_dir / "report.md").write_text("\n".join(lines))
     paths = [out_dir / "results.json", out_dir / "results.csv", out_dir / "report.md"]
