@@ -11,6 +11,10 @@ A bundle whose U-Net embeds the guidance scale (an LCM student: the manifest's
 U-Net row per step (no negative branch), ``timestep_cond`` = the embedding of
 guidance - 1. Every random number (initial latents, a stochastic scheduler's noise)
 comes from one ``NoiseStream`` of the seed, as the Kotlin engine draws them.
+
+A format with several run-time settings (OpenVINO: f32 and the bf16 hint) runs with the one asked for, or by
+default (``auto``) with the fastest of those that passed the bundle's validation and run on this CPU, measured
+on the bundle's U-Net once and cached (``choose_runtime``, ``runtime_speed``).
 """
 
 from __future__ import annotations
@@ -77,40 +81,86 @@ class _Component:
 PIPELINE_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 
 
-def choose_runtime(target: type[ExportTarget], components: dict[str, Any], requested: str | None = None
-                   ) -> tuple[str | None, dict[str, Any]]:
-    """The run-time setting to load a bundle with: (its name, ``load_runner`` options).
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """The run-time setting a bundle is loaded with: its name (None for formats with one setting), the
+    ``load_runner`` options, and why it was chosen (what ``generate`` prints)."""
 
-    ``requested`` None or ``"auto"``: the first of the target's ``RUNTIME_VARIANTS`` (fastest first) that passed
-    the bundle's validation for every component and that this machine can run, else the target's default
-    (``DEFAULT_RUNTIME``, e.g. OpenVINO ``f32``). A named setting is used if this machine can run it and the
-    bundle's validation did not fail it (a bundle exported on a CPU without it has it unchecked: allowed).
+    name: str | None
+    options: dict[str, Any]
+    reason: str = ""
+
+
+def runtime_options(target: type[ExportTarget], name: str | None) -> dict[str, Any]:
+    """``load_runner`` options of a run-time setting (the default: none)."""
+    return {} if name == target.DEFAULT_RUNTIME else dict(target.RUNTIME_VARIANTS[name].runner_options)
+
+
+def eligible_runtimes(target: type[ExportTarget], components: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """The run-time settings ``auto`` may choose (the default first, then every ``RUNTIME_VARIANTS`` entry that
+    passed the bundle's validation for every component and that this machine can run) and, for the others, why
+    not. Both empty for formats with one setting."""
+    if target.DEFAULT_RUNTIME is None:
+        return [], {}
+    eligible, excluded = [target.DEFAULT_RUNTIME], {}
+    for variant in target.RUNTIME_VARIANTS:
+        outcomes = _validation_outcomes(components, variant)
+        why = target.runtime_variant_unavailable(variant)
+        if why is None and not all(r.get("checked") for r in outcomes):
+            why = "not validated when this bundle was exported"
+        elif why is None and not all(r.get("passed") for r in outcomes):
+            why = "failed this bundle's validation"
+        if why:
+            excluded[variant] = why
+        else:
+            eligible.append(variant)
+    return eligible, excluded
+
+
+def _validation_outcomes(components: dict[str, Any], variant: str) -> list[dict]:
+    return [(components[c].get("extra") or {}).get("runtime_validation", {}).get(variant, {"checked": False})
+            for c in PIPELINE_COMPONENTS if c in components]
+
+
+def choose_runtime(target: type[ExportTarget], components: dict[str, Any], requested: str | None = None, *,
+                   fastest: Callable[[list[str]], tuple[str, str]] | None = None) -> RuntimeChoice:
+    """The run-time setting to load a bundle with.
+
+    Args:
+        target: the bundle's export target.
+        components: the manifest's ``components`` (their ``extra.runtime_validation`` outcomes).
+        requested: None or ``"auto"``: the fastest of ``eligible_runtimes``; with one eligible setting that one,
+            with several ``fastest(eligible)`` decides (``BundlePipeline`` measures them on the U-Net,
+            ``runtime_speed.fastest``). A named setting is used if this machine can run it and the bundle's
+            validation did not fail it (a bundle exported on a CPU without it has it unchecked: allowed).
+        fastest: ``(eligible settings) -> (the fastest, why)``; needed when several are eligible.
     """
     names = [n for n in (target.DEFAULT_RUNTIME, *target.RUNTIME_VARIANTS) if n]
-
-    def outcome(variant: str) -> list[dict]:
-        return [(components[c].get("extra") or {}).get("runtime_validation", {}).get(variant, {"checked": False})
-                for c in PIPELINE_COMPONENTS if c in components]
-
     if requested not in (None, "auto"):
         if requested not in names:
             raise BksdmError(f"{target.name()} bundles have no inference precision {requested!r}; choose from "
                              f"{', '.join(['auto', *names]) if names else 'auto (the format has one setting)'}")
-        if requested == target.DEFAULT_RUNTIME:
-            return requested, {}
-        why = target.runtime_variant_unavailable(requested)
-        if why:
-            raise BksdmError(f"cannot run with inference precision {requested} here: {why}; use "
-                             f"{target.DEFAULT_RUNTIME} (or auto)")
-        failed = [r for r in outcome(requested) if r.get("checked") and not r.get("passed")]
-        if failed:
-            raise BksdmError(f"this bundle failed its {requested} validation ({failed[0]['failures'][:1]}); "
-                             f"use {target.DEFAULT_RUNTIME} (or auto)")
-        return requested, dict(target.RUNTIME_VARIANTS[requested].runner_options)
-    for variant, spec in target.RUNTIME_VARIANTS.items():
-        if target.runtime_variant_unavailable(variant) is None and all(r.get("passed") for r in outcome(variant)):
-            return variant, dict(spec.runner_options)
-    return target.DEFAULT_RUNTIME, {}
+        if requested != target.DEFAULT_RUNTIME:
+            why = target.runtime_variant_unavailable(requested)
+            if why:
+                raise BksdmError(f"cannot run with inference precision {requested} here: {why}; use "
+                                 f"{target.DEFAULT_RUNTIME} (or auto)")
+            outcomes = _validation_outcomes(components, requested)
+            failed = [r for r in outcomes if r.get("checked") and not r.get("passed")]
+            if failed:
+                raise BksdmError(f"this bundle failed its {requested} validation ({failed[0]['failures'][:1]}); "
+                                 f"use {target.DEFAULT_RUNTIME} (or auto)")
+        return RuntimeChoice(requested, runtime_options(target, requested), "as asked")
+    eligible, excluded = eligible_runtimes(target, components)
+    if not eligible:
+        return RuntimeChoice(None, {})
+    if len(eligible) == 1:
+        others = "; ".join(f"{name}: {why}" for name, why in excluded.items())
+        return RuntimeChoice(eligible[0], {}, f"auto: the only one eligible; {others}" if others else "auto")
+    if fastest is None:
+        raise TypeError(f"choose_runtime: {', '.join(eligible)} are all eligible; pass fastest= to decide")
+    name, reason = fastest(eligible)
+    return RuntimeChoice(name, runtime_options(target, name), reason)
 
 
 class BundlePipeline:
@@ -120,8 +170,9 @@ class BundlePipeline:
         bundle: bundle folder (verified before anything is loaded).
         threads: CPU threads of the runtime (None: the runtime's default).
         inference_precision: run-time precision for formats that have several (OpenVINO: ``f32``/``bf16``);
-            None/``auto`` = the fastest that passed the bundle's validation and runs on this CPU
-            (``choose_runtime``). The choice is in ``self.runtime``.
+            None/``auto`` = the fastest, measured on this bundle's U-Net, of those that passed the bundle's
+            validation and run on this CPU (``choose_runtime``; the measurement is cached, ``runtime_speed``).
+            The choice is in ``self.runtime``, why in ``self.runtime_reason``.
 
     After each call ``last_timings`` holds the seconds spent in each component (``text_encoder``, ``unet``,
     ``vae_decoder``), in the rest (``other``: tokenizer, scheduler, guidance, conversions) and in all (``total``).
@@ -142,20 +193,47 @@ class BundlePipeline:
         if missing:
             raise BksdmError(f"{self.root} has no {', '.join(missing)}; text-to-image needs text_encoder, unet and "
                              "vae_decoder")
-        self.runtime, options = choose_runtime(target, self.manifest["components"], inference_precision)
-        options.update(runner_kwargs(target, threads=threads))
-        self.components: dict[str, _Component] = {}
-        for name in PIPELINE_COMPONENTS:
-            entry = self.manifest["components"][name]
-            self.components[name] = _Component(
-                name, target.load_runner(self.root / entry["file"], **options),
-                [tensor_info_from_json(t) for t in entry["inputs"]],
-                [tensor_info_from_json(t) for t in entry["outputs"]],
-            )
-        self.tokenizer = ClipTokenizer.from_bundle(self.root, self.manifest["tokenizer"])
         # LCM students take the guidance scale as an input instead of a second (negative) U-Net row.
         self.guidance_embedding = self.manifest.get("guidance_embedding")
+        choice = choose_runtime(target, self.manifest["components"], inference_precision,
+                                fastest=lambda settings: self._fastest(target, settings, threads))
+        self.runtime, self.runtime_reason = choice.name, choice.reason
+        options = {**choice.options, **runner_kwargs(target, threads=threads)}
+        self.components: dict[str, _Component] = {
+            name: self._load(target, name, options) for name in PIPELINE_COMPONENTS}
+        self.tokenizer = ClipTokenizer.from_bundle(self.root, self.manifest["tokenizer"])
         self.last_timings: dict[str, float] = {}
+
+    def _load(self, target: type[ExportTarget], name: str, options: dict[str, Any]) -> _Component:
+        entry = self.manifest["components"][name]
+        return _Component(name, target.load_runner(self.root / entry["file"], **options),
+                          [tensor_info_from_json(t) for t in entry["inputs"]],
+                          [tensor_info_from_json(t) for t in entry["outputs"]])
+
+    def _fastest(self, target: type[ExportTarget], settings: list[str], threads: int | None) -> tuple[str, str]:
+        """The fastest of ``settings`` for this bundle's U-Net here, cached (``runtime_speed.fastest``)."""
+        from . import runtime_speed
+
+        inputs = self.unet_step_inputs()
+
+        def load(setting: str) -> Callable[[], Any]:
+            unet = self._load(target, "unet", {**runtime_options(target, setting),
+                                                **runner_kwargs(target, threads=threads)})
+            return lambda: unet(*inputs)
+
+        return runtime_speed.fastest(settings, target.DEFAULT_RUNTIME, load,
+                                     runtime_speed.identity(self.root / "manifest.json", threads))
+
+    def unet_step_inputs(self, seed: int = 0) -> tuple[np.ndarray, ...]:
+        """Seeded inputs of one U-Net row as a denoising step feeds it: latents, a mid-schedule timestep, text
+        embeddings (and an LCM U-Net's guidance embedding). What ``auto`` times the run-time settings on."""
+        noise = NoiseStream(seed)
+        hidden = self.manifest["components"]["unet"]["inputs"][2]["shape"][-1]  # encoder_hidden_states' width
+        arrays = (noise.normal(self.latent_shape()), np.full((1,), 500, dtype=np.float32),
+                  noise.normal((1, self.manifest["tokenizer"]["max_length"], hidden)))
+        if self.guidance_embedding is not None:
+            arrays += (embedded_guidance(self.guidance_embedding, 7.5),)
+        return arrays
 
     def latent_shape(self) -> tuple[int, ...]:
         img = self.manifest["image"]
@@ -284,9 +362,8 @@ def generate(
     checks.at_least(threads, 1, "--threads")
     pipe = BundlePipeline(bundle, threads=threads, inference_precision=inference_precision)
     if log and pipe.runtime:
-        how = "auto: the fastest that passed this bundle's validation on this CPU" if inference_precision in (
-            None, "auto") else "as asked"
-        log(f"{pipe.manifest['format']} {pipe.manifest['precision']} bundle, inference precision {pipe.runtime} ({how})")
+        log(f"{pipe.manifest['format']} {pipe.manifest['precision']} bundle, inference precision {pipe.runtime} "
+            f"({pipe.runtime_reason})")
     image, used = pipe(prompt, latents=latents, **kwargs)
     if latents_out:
         buf = io.BytesIO()

@@ -177,6 +177,13 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     return path
 
 
+def user_cache_dir() -> Path:
+    """Where this tool keeps what it can rebuild (benchmark artifacts, measured run-time choices):
+    ``$XDG_CACHE_HOME/bksdm-edge``, by default ``~/.cache/bksdm-edge``. Read at call time, so setting
+    ``XDG_CACHE_HOME`` moves it (tests do)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bksdm-edge"
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """``write_bytes_atomic`` for UTF-8 text."""
     return write_bytes_atomic(path, text.encode("utf-8"))

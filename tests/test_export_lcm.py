@@ -94,6 +94,16 @@ def test_bundle_generates_diffusers_lcm_image(lcm_model, lcm_bundle, steps):
     assert set(pipe.last_timings) >= {"text_encoder", "unet", "vae_decoder"}
 
 
+def test_unet_step_inputs_include_the_guidance_embedding(lcm_bundle):
+    """The inputs ``--inference-precision auto`` times run-time settings on fit an LCM U-Net (timestep_cond too)."""
+    pipe = BundlePipeline(lcm_bundle)
+    inputs = pipe.unet_step_inputs()
+    declared = pipe.manifest["components"]["unet"]["inputs"]  # batch axis first, then static dimensions
+    assert [a.shape for a in inputs] == [(1, *i["shape"][1:]) for i in declared] and inputs[3].shape == (1, DIM)
+    out = pipe.components["unet"](*inputs)
+    assert out.shape == pipe.latent_shape() and np.isfinite(out).all()
+
+
 def test_generate_command_on_an_lcm_bundle(lcm_bundle, tmp_path, capsys):
     from PIL import Image
 

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("openvino")
 
-from _export_helpers import _model, convert_and_validate, tiny_bundle, tiny_real_inputs  # noqa: E402
+from _export_helpers import _model, convert_and_validate, tiny_bundle, tiny_ov_bundle, tiny_real_inputs  # noqa: E402
 from bksdm_edge.export import openvino as ov_backend  # noqa: E402
 from bksdm_edge.export.bundle import BundleError  # noqa: E402
 from bksdm_edge.export.components import COMPONENTS, ShapeConfig  # noqa: E402
@@ -157,21 +157,7 @@ def test_runner_precision_threads_and_execution_info(tmp_path):
 
 
 def ov_bundle(precision: str = "fp32") -> Path:
-    return _ov_bundle(precision)
-
-
-import functools  # noqa: E402
-
-
-@functools.lru_cache(maxsize=None)
-def _ov_bundle(precision: str) -> Path:
-    from _export_helpers import ROOT as CACHE
-
-    # The packaged calibration prompts (what users get): with 1-2 prompts x 2-4 steps the toy int8 U-Net missed the
-    # gate at the trajectory's last step (cosine 0.945 / 0.988 < 0.99), which the default calibration covers.
-    request = ExportRequest(out=CACHE / f"tiny-openvino-{precision}", model="builtin:tiny-sd", format="openvino",
-                            precision=precision, progress=False)
-    return export_bundle(request, model=_model())
+    return tiny_ov_bundle(precision)
 
 
 def test_bundle_manifest_layout_and_tamper_refusal(tmp_path):
@@ -219,9 +205,10 @@ def test_generate_matches_the_onnx_bundle_without_torch(tmp_path):
     assert value >= 40.0, f"OpenVINO vs ONNX image PSNR {value:.1f} dB"
 
 
-def test_inference_precision_choice(tmp_path):
-    """auto = bf16 where it passed the bundle's validation and the CPU has bf16 units, else f32; named choices are
-    checked; the CLI takes --inference-precision and --threads."""
+def test_inference_precision_choice(tmp_path, monkeypatch):
+    """auto chooses among f32 and the variants that passed the bundle's validation and this CPU runs (measured when
+    several: tests/test_generate_auto.py); named choices are checked; the CLI takes --inference-precision and
+    --threads."""
     from bksdm_edge.cli import main
     from bksdm_edge.errors import BksdmError
     from bksdm_edge.generate import BundlePipeline, choose_runtime
@@ -231,21 +218,39 @@ def test_inference_precision_choice(tmp_path):
     failed = {"extra": {"runtime_validation": {"bf16": {"checked": True, "passed": False, "failures": ["cosine"]}}}}
     unchecked = {"extra": {"runtime_validation": {"bf16": {"checked": False, "why": "no bf16"}}}}
     comps = lambda unet: {"text_encoder": passed, "unet": unet, "vae_decoder": passed}  # noqa: E731
-    has_bf16 = ov_backend.cpu_has_bf16()
-    assert choose_runtime(target, comps(passed))[0] == ("bf16" if has_bf16 else "f32")
-    assert choose_runtime(target, comps(failed)) == ("f32", {})
-    assert choose_runtime(target, comps(unchecked)) == ("f32", {})
-    assert choose_runtime(target, comps(passed), "f32") == ("f32", {})
+    monkeypatch.setattr(target, "runtime_variant_unavailable", classmethod(lambda cls, v: None))
+    asked = []
+
+    def fastest(settings):
+        asked.append(settings)
+        return "bf16", "measured"
+
+    choice = choose_runtime(target, comps(passed), fastest=fastest)
+    assert (choice.name, choice.options, choice.reason) == ("bf16", {"inference_precision": "bf16"}, "measured")
+    assert asked == [["f32", "bf16"]]
+    no_measure = lambda settings: pytest.fail("measured with one eligible setting")  # noqa: E731
+    assert choose_runtime(target, comps(failed), fastest=no_measure).name == "f32"
+    choice = choose_runtime(target, comps(unchecked), fastest=no_measure)
+    assert choice.name == "f32" and "bf16: not validated" in choice.reason
+    choice = choose_runtime(target, comps(passed), "f32", fastest=no_measure)
+    assert (choice.name, choice.options, choice.reason) == ("f32", {}, "as asked")
     with pytest.raises(BksdmError, match="failed its bf16 validation"):
         choose_runtime(target, comps(failed), "bf16")
     with pytest.raises(BksdmError, match="no inference precision 'fp8'"):
         choose_runtime(target, comps(passed), "fp8")
     with pytest.raises(BksdmError, match="no inference precision 'bf16'"):  # ONNX has one setting
         choose_runtime(get_target("onnx", "fp32"), comps(passed), "bf16")
+    assert choose_runtime(get_target("onnx", "fp32"), comps(passed), fastest=no_measure).name is None
+    monkeypatch.setattr(target, "runtime_variant_unavailable", classmethod(lambda cls, v: "no bf16 units"))
+    choice = choose_runtime(target, comps(passed), fastest=no_measure)
+    assert choice.name == "f32" and choice.reason == "auto: the only one eligible; bf16: no bf16 units"
+    with pytest.raises(BksdmError, match="cannot run with inference precision bf16 here: no bf16 units"):
+        choose_runtime(target, comps(passed), "bf16")
+    monkeypatch.undo()
 
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     pipe = BundlePipeline(ov_bundle("fp32"), threads=1)
-    manifest = pipe.manifest["components"]
-    assert pipe.runtime == choose_runtime(target, manifest)[0]
+    assert pipe.runtime in ("f32", "bf16") and pipe.runtime_reason.startswith("auto")
     assert main(["generate", "--bundle", str(ov_bundle("fp32")), "--prompt", PROMPT, "--steps", "2", "--threads", "1",
                  "--inference-precision", "f32", "--out", str(tmp_path / "a.png")]) == 0
     assert main(["generate", "--bundle", str(ov_bundle("fp32")), "--prompt", PROMPT, "--steps", "2",

@@ -13,12 +13,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from ..outputs import user_cache_dir
 from .backends import BackendUnavailable, artifact_dir, get_backend, read_meta
 from .child import child_env, run_task
 from .rows import MEASURED_COLUMNS, scenario_row
 from .scenario import BenchConfig, Scenario, split_lcm
 
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bksdm-edge" / "bench"
+DEFAULT_CACHE = user_cache_dir() / "bench"
 WORKER = (sys.executable, "-m", "bksdm_edge.bench.worker")
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
+    from .. import runtime_speed as speed  # standard library only
     from ..runtime.schedulers import SCHEDULERS  # numpy only: --help stays fast
 
     default_steps = ", ".join(f"{name} {cls.default_steps}" for name, cls in SCHEDULERS.items())
@@ -30,8 +31,12 @@ def register(subparsers) -> None:
     p.add_argument("--latents-out", type=Path, help="save the initial latents used to this .npy")
     p.add_argument("--threads", type=int, help="CPU threads of the runtime (default: the runtime's own)")
     p.add_argument("--inference-precision", default="auto",
-                   help="run-time precision of formats that have several (OpenVINO: f32, bf16); auto = the fastest "
-                   "that passed the bundle's validation and this CPU runs natively")
+                   help="run-time precision of formats that have several (OpenVINO: f32, bf16). auto: of those that "
+                   "passed the bundle's validation and this CPU runs natively, the fastest, measured on the bundle's "
+                   f"U-Net (a warm-up and {speed.TIMED_CALLS} timed calls each; the default wins unless another is "
+                   f"{speed.MIN_GAIN * 100:.0f}%% faster) and remembered in "
+                   f"~/.cache/bksdm-edge/{speed.CACHE_FILE} (per bundle, CPU and --threads; $XDG_CACHE_HOME moves "
+                   "it); a named precision skips the measurement")
     p.add_argument("--out", required=True, type=Path,
                    help="output image (.png; .jpg/.webp/.bmp also work); missing folders are created")
     p.set_defaults(func=run)

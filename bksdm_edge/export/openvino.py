@@ -21,7 +21,9 @@ Precisions (NNCF for the int8 ones):
 Run-time: ``load_runner(path, threads=, inference_precision=)``: ``f32`` (the default, and what the export
 gate validates) or ``bf16`` (OpenVINO's inference-precision hint; on CPUs with AVX512-BF16 or AMX the
 plugin then runs convolutions/matmuls in bf16). bf16 is validated beside f32 at export time (a
-``RuntimeVariant``); ``generate`` uses it by default where it passed and the CPU has bf16 units.
+``RuntimeVariant``). ``generate --inference-precision auto`` times f32 and bf16 on the bundle's U-Net where bf16
+passed and the CPU has bf16 units, and runs the faster (``bksdm_edge.runtime_speed``): on an EPYC without AMX the
+bf16 hint is slower.
 
 openvino/nncf are imported inside functions (and openvino is the only run-time dependency): ``generate``
 loads this module without torch.

@@ -88,8 +88,9 @@ class RuntimeVariant:
 
     The export validates each variant with the same routine and its own tolerances and records the outcome
     in the manifest (``components.<name>.extra.runtime_validation``); a failing variant does not fail the export,
-    it is only never chosen by default. ``generate`` picks the first variant (fastest first) that passed for
-    every component and that this machine can run, else the target's default.
+    it is only never chosen by default. ``generate``'s ``auto`` measures the default and every variant that passed
+    for every component and that this machine can run on the bundle's U-Net, and keeps the fastest
+    (``generate.choose_runtime``, ``runtime_speed``).
     """
 
     runner_options: dict[str, Any]
@@ -130,7 +131,7 @@ class ExportTarget:
     # Back-end functions (see base.py). Set with staticmethod(...).
     convert: ClassVar[Callable[..., ConvertedModel]]
     load_runner: ClassVar[Callable[..., Callable]]
-    # Run-time settings validated beside the default, fastest first (see RuntimeVariant); DEFAULT_RUNTIME names
+    # Run-time settings validated beside the default (see RuntimeVariant); DEFAULT_RUNTIME names
     # the default run itself (the setting ``load_runner`` uses without options), e.g. OpenVINO's "f32".
     RUNTIME_VARIANTS: ClassVar[dict[str, RuntimeVariant]] = {}
     DEFAULT_RUNTIME: ClassVar[str | None] = None
