@@ -120,6 +120,15 @@ def test_machine_info_of_this_machine():
     assert "loaded machine" in machine.machine_markdown(busy) and machine.is_loaded(busy) == 100.0
 
 
+def test_a_runs_own_threads_do_not_make_the_machine_loaded():
+    """A 2-thread benchmark on an otherwise idle 2-CPU machine keeps the 1-min load near 2: not a loaded machine;
+    one more CPU-bound job (load ~3) is."""
+    two = {"usable_cpus": 2, "load_average": [2.05, 2.0, 2.1]}
+    assert machine.is_loaded(two, [1.94, 1.9, 1.9]) is None and "loaded machine" not in machine.machine_markdown(two)
+    assert machine.is_loaded(two, [3.1, 2.5, 2.2]) == 3.1
+    assert machine.is_loaded({"usable_cpus": 16, "load_average": [17.0, 1, 1]}) == 17.0
+
+
 @pytest.mark.parametrize("old_record", [{"cpu": "x", "cpu_flags": ["avx2", "avx512f"], "load_average": [0, 0, 0]}])
 def test_markdown_of_records_written_before_the_isa_table(old_record):
     assert "ISA: avx2 avx512f" in machine.machine_markdown(old_record)

@@ -152,12 +152,19 @@ def isa_text(m: dict) -> str:
     return has + (f"; no {missing}" if missing else "")
 
 
+# A benchmark's own threads load the machine by themselves (a 2-thread run keeps a 2-CPU machine's 1-min load near
+# 2.0, and the start value still holds the previous timed run's tail): the machine counts as loaded when the load
+# exceeds the usable CPUs by half a CPU, i.e. some other job took a share of the cores.
+LOADED_MARGIN_CPUS = 0.5
+
+
 def is_loaded(m: dict, load_end: list[float] | None = None) -> float | None:
-    """The highest 1-min load average seen (start, end) when it exceeds 3/4 of the usable CPUs, else None."""
+    """The highest 1-min load average seen (start, end) when it exceeds the usable CPUs by ``LOADED_MARGIN_CPUS``
+    (another job shared the cores), else None."""
     cpus = m.get("usable_cpus") or m.get("logical_cpus") or 1
     seen = [x for x in ((m.get("load_average") or [0])[:1] + (load_end or [0])[:1]) if x is not None]
     peak = max(seen or [0])
-    return peak if peak > 0.75 * cpus else None
+    return peak if peak > cpus + LOADED_MARGIN_CPUS else None
 
 
 def machine_markdown(m: dict, load_end: list[float] | None = None) -> str:
