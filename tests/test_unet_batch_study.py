@@ -11,13 +11,21 @@ import pytest
 from bksdm_edge.bench import unet_batch
 
 
+CONFIG = unet_batch.StudyConfig(source="builtin:tiny-sd", models=("teacher",), resolution=64, repeats=2, warmup=0)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The three exports of the toy U-Net, made once for both ways of measuring."""
+    cache = tmp_path_factory.mktemp("unet_batch") / "cache"
+    unet_batch.prepare(CONFIG, cache, log=lambda _: None)
+    return cache
+
+
 @pytest.mark.parametrize("together", [True, False])
-def test_study_on_a_toy_unet(tmp_path, monkeypatch, together):
+def test_study_on_a_toy_unet(exported, tmp_path, monkeypatch, together):
     monkeypatch.setattr(unet_batch, "fits_together", lambda records: together)
-    config = unet_batch.StudyConfig(source="builtin:tiny-sd", models=("teacher",), resolution=64, repeats=2, warmup=0)
-    cache = tmp_path / "cache"
-    unet_batch.prepare(config, cache, log=lambda _: None)
-    doc = unet_batch.measure(config, cache, log=lambda _: None)
+    doc = unet_batch.measure(CONFIG, exported, log=lambda _: None)
     assert [r["cfg_step"] for r in doc["rows"]] == list(unet_batch.CFG_STEP)
     for r in doc["rows"]:
         assert len(r["times_s"]) == 2 and r["median_s"] > 0
