@@ -1,10 +1,10 @@
 """``generate --inference-precision auto``: measure the eligible run-time settings, keep the fastest, remember it.
 
 A format with several run-time settings (OpenVINO: ``f32`` and the ``bf16`` hint) may have more than one that
-passed the bundle's validation and runs on this CPU. Which one is faster depends on the CPU, not on its flags alone:
-on an AMD EPYC with AVX512-BF16 but no AMX the bf16 hint made BK-SDM-Tiny's int8 U-Net step slower (0.96 s vs
-0.52 s at f32, benchmarks/results/cpu-engines), on a Xeon with AMX faster (0.49 s vs 1.83 s for the fp32 IR,
-issue 19). So ``fastest`` times each setting on
+passed the bundle's validation and runs on this CPU. Which one is faster depends on the CPU and the bundle, not on
+the CPU's flags alone: on an AMD EPYC with AVX512-BF16 but no AMX the bf16 hint makes BK-SDM-Tiny's fp32 IR 1.77x
+faster and leaves its int8 IR level (0.536 vs 0.525 s; benchmarks/results/cpu-engines), on a Xeon with AMX it made
+the fp32 IR 3.7x faster (issue 19). So ``fastest`` times each setting on
 the bundle's own U-Net (the dominant per-image cost) and keeps the fastest median, then records the decision in
 a JSON cache so the next run on the same bundle, CPU and thread count does not measure again.
 

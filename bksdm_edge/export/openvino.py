@@ -22,8 +22,8 @@ Run-time: ``load_runner(path, threads=, inference_precision=)``: ``f32`` (the de
 gate validates) or ``bf16`` (OpenVINO's inference-precision hint; on CPUs with AVX512-BF16 or AMX the
 plugin then runs convolutions/matmuls in bf16). bf16 is validated beside f32 at export time (a
 ``RuntimeVariant``). ``generate --inference-precision auto`` times f32 and bf16 on the bundle's U-Net where bf16
-passed and the CPU has bf16 units, and runs the faster (``bksdm_edge.runtime_speed``): on an EPYC without AMX the
-bf16 hint is slower.
+passed and the CPU has bf16 units, and runs the faster (``bksdm_edge.runtime_speed``): which one wins depends on
+the CPU and the bundle (on an EPYC without AMX the hint speeds an fp32 IR up 1.77x and leaves an int8 IR level).
 
 openvino/nncf are imported inside functions (and openvino is the only run-time dependency): ``generate``
 loads this module without torch.
