@@ -234,3 +234,20 @@ def test_vae_field_times_a_tiny_decoder_against_the_teachers(tmp_path):
     assert "| teacher | vae_decoder | onnxruntime | fp32 |  | tiny |" in (tmp_path / "run" / "report.md").read_text()
     with pytest.raises(ConfigError, match="vae: tiny applies to"):
         expand({"matrix": [{"model": "teacher", "component": "unet", "backend": "pytorch", "vae": "tiny"}]})
+
+
+def test_plot_of_a_full_cpu_run_is_horizontal_and_marks_peers(tmp_path):
+    """A run with more than 8 back-end groups (cpu-full has 15) is drawn with one group per line, peers labelled."""
+    from matplotlib import image
+
+    from bksdm_edge.bench.report import _plot_group, plot
+
+    rows = [{"component": "unet", "backend": f"engine{i}", "precision": "int8", "variant": "", "device": "cpu",
+             "model": model, "median_s": 0.5 + i, "peak_rss_mb": 900.0 + i, "resolution": 512, "batch": 1,
+             "peer": i == 14, "error": ""}
+            for i in range(15) for model in ("teacher", "bk-base", "bk-small", "bk-tiny")]
+    assert _plot_group(rows[-1]) == "engine14-int8 (peer)"
+    paths = plot(rows, tmp_path)
+    assert [p.name for p in paths] == ["latency_unet.png", "memory_unet.png"]
+    height, width = image.imread(paths[0]).shape[:2]
+    assert height > width  # one line per group, not a 4-inch-high strip

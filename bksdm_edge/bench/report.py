@@ -63,8 +63,18 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _plot_group(r: dict) -> str:
+    """A bar group's label: back-end, precision, variant, (when not the CPU) device, and whether it is a peer."""
+    return (f"{r['backend']}-{r['precision']}" + (f"+{r['variant']}" if r.get("variant") else "")
+            + (f" @{r['device']}" if r["device"] != "cpu" else "") + (" (peer)" if r.get("peer") else ""))
+
+
 def plot(rows: list[dict], out_dir: Path) -> list[Path]:
-    """One PNG per (component, metric): bars per model, grouped by backend-precision; teacher as reference."""
+    """One PNG per (component, metric): bars per model, grouped by backend-precision; teacher as reference.
+
+    Up to 8 groups the bars stand side by side; more (a full CPU run has 15+) are drawn as horizontal bars, one group
+    per line, so that every label and value stays readable.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,30 +84,42 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
     ok = [r for r in rows if not r.get("error") and r.get("median_s")]
     for component in sorted({r["component"] for r in ok}):
         sub = [r for r in ok if r["component"] == component]
-        groups = sorted({f"{r['backend']}-{r['precision']}" + (f"+{r['variant']}" if r.get("variant") else "") + (f" @{r['device']}" if r["device"] != "cpu" else "")
-                         for r in sub})
+        groups = sorted({_plot_group(r) for r in sub})
         models = ["teacher"] + sorted({r["model"] for r in sub} - {"teacher"})
+        horizontal = len(groups) > 8
         for metric, label, fname in (("median_s", "median latency (s)", "latency"),
                                      ("peak_rss_mb", "peak resident memory (MB)", "memory")):
-            fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(groups) * max(1, len(models)) / 2), 4.5))
+            if horizontal:
+                fig, ax = plt.subplots(figsize=(9, max(4.5, 0.16 * len(groups) * max(1, len(models)) + 1.2)))
+            else:
+                fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(groups) * max(1, len(models)) / 2), 4.5))
             width = 0.8 / max(1, len(models))
             for j, model in enumerate(models):
                 xs, ys = [], []
                 for i, g in enumerate(groups):
-                    match = [r for r in sub if r["model"] == model and
-                             f"{r['backend']}-{r['precision']}" + (f"+{r['variant']}" if r.get("variant") else "") + (f" @{r['device']}" if r["device"] != "cpu" else "") == g]
+                    match = [r for r in sub if r["model"] == model and _plot_group(r) == g]
                     if match and match[0].get(metric):
                         xs.append(i + (j - (len(models) - 1) / 2) * width)
                         ys.append(match[0][metric])
-                bars = ax.bar(xs, ys, width, label=model, hatch="//" if model == "teacher" else None,
-                              edgecolor="black" if model == "teacher" else None)
+                style = {"label": model, "hatch": "//" if model == "teacher" else None,
+                         "edgecolor": "black" if model == "teacher" else None}
+                (ax.barh if horizontal else ax.bar)(xs, ys, width, **style)
                 for x, y in zip(xs, ys):
-                    ax.text(x, y, f"{y:.2f}" if metric == "median_s" else f"{y:.0f}", ha="center", va="bottom",
-                            fontsize=7)
-                del bars
-            ax.set_xticks(range(len(groups)))
-            ax.set_xticklabels(groups, rotation=20, ha="right", fontsize=8)
-            ax.set_ylabel(label)
+                    text = f"{y:.2f}" if metric == "median_s" else f"{y:.0f}"
+                    if horizontal:
+                        ax.text(y, x, " " + text, ha="left", va="center", fontsize=7)
+                    else:
+                        ax.text(x, y, text, ha="center", va="bottom", fontsize=7)
+            if horizontal:
+                ax.set_yticks(range(len(groups)))
+                ax.set_yticklabels(groups, fontsize=8)
+                ax.invert_yaxis()
+                ax.set_xlabel(label)
+                ax.margins(x=0.12)
+            else:
+                ax.set_xticks(range(len(groups)))
+                ax.set_xticklabels(groups, rotation=20, ha="right", fontsize=8)
+                ax.set_ylabel(label)
             r0 = sub[0]
             steps = f", {r0['steps']} steps" if component == "generate" else ""
             ax.set_title(f"{component}{steps}, {r0['resolution']} px, batch {r0['batch']} "
