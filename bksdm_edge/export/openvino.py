@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -254,13 +255,14 @@ def cpu_has_bf16() -> bool:
 
 
 def load_runner(converted_or_path: ConvertedModel | str | Path, *, threads: int | None = None,
-                inference_precision: str = "f32"):
+                inference_precision: str = "f32", profile: bool = False):
     """Compile the IR for the CPU and wrap it as ``feeds dict -> outputs dict``.
 
     Args:
         threads: CPU threads (``INFERENCE_NUM_THREADS``; None = OpenVINO's default, all cores).
         inference_precision: ``f32`` (default; what the export validated) or ``bf16``. OpenVINO's own default
             on a CPU with bf16 units is bf16, so f32 is set explicitly.
+        profile: collect per-node times (``PERF_COUNT``) for ``node_times`` (slightly slower: timing only).
     """
     ov = _ov()
     path = converted_or_path.path if isinstance(converted_or_path, ConvertedModel) else Path(converted_or_path)
@@ -271,6 +273,8 @@ def load_runner(converted_or_path: ConvertedModel | str | Path, *, threads: int 
                               "INFERENCE_PRECISION_HINT": INFERENCE_PRECISIONS[inference_precision]}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
+    if profile:
+        config["PERF_COUNT"] = True
     core = ov.Core()
     compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
     request = compiled.create_infer_request()
@@ -281,7 +285,37 @@ def load_runner(converted_or_path: ConvertedModel | str | Path, *, threads: int 
         return {name: np.array(result[port]) for port, name in outputs}
 
     run.compiled = compiled  # for callers that want the compiled model (benchmarks: kernels, precision)
+    run.request = request  # its profiling info after a call (``node_times``)
     return run
+
+
+_BLOCK = re.compile(r"(down_blocks|up_blocks)[./](\d+)|(mid_block)")
+
+
+def node_times(run) -> list[dict[str, Any]]:
+    """Per-node times of the last call of a runner loaded with ``profile=True``, slowest first.
+
+    Each entry: ``name``, ``type`` (the executed layer: Convolution, FullyConnected, Subgraph = a fused snippet such
+    as attention's MatMul-Softmax-MatMul), ``kernel`` (primitive, with its ISA), ``seconds``, and the
+    U-Net ``block`` its name places it in (``down_blocks.0``, ``mid_block``, ..., else ``other``).
+    """
+    out = []
+    for info in run.request.get_profiling_info():
+        if info.status != info.Status.EXECUTED:
+            continue
+        m = _BLOCK.search(info.node_name)
+        block = (f"{m.group(1)}.{m.group(2)}" if m.group(1) else m.group(3)) if m else "other"
+        out.append({"name": info.node_name, "type": info.node_type, "kernel": info.exec_type,
+                    "seconds": info.real_time.total_seconds(), "block": block})
+    return sorted(out, key=lambda n: -n["seconds"])
+
+
+def time_by(nodes: list[dict[str, Any]], key: str) -> dict[str, float]:
+    """Sum of ``node_times`` entries' seconds per ``key`` (``type``, ``block``, ``kernel``), largest first."""
+    sums: dict[str, float] = {}
+    for n in nodes:
+        sums[n[key]] = sums.get(n[key], 0.0) + n["seconds"]
+    return dict(sorted(sums.items(), key=lambda kv: -kv[1]))
 
 
 def execution_info(compiled) -> dict[str, Any]:
