@@ -68,25 +68,25 @@ def _env() -> dict[str, str]:
     return dict(os.environ)
 
 
-def test_openvino_profile_script_on_a_toy_ir(tmp_path):
+def test_openvino_profile_script_on_a_toy_ir(tmp_path, capsys):
     """benchmarks/openvino_profile.py: the split by layer type and U-Net block; a missing IR is one line, exit 2."""
     pytest.importorskip("openvino")
     import numpy as np
+    import openvino as ov
     from _export_helpers import tiny_ov_bundle
 
     unet = tiny_ov_bundle("fp32") / "unet"
-    import openvino as ov
-
     rng = np.random.default_rng(0)
     feeds = {i.get_any_name(): rng.standard_normal(list(i.get_shape())).astype(np.float32)
              for i in ov.Core().read_model(str(unet / "openvino_model.xml")).inputs}
     np.savez(tmp_path / "feeds.npz", **feeds)
-    script = str(ROOT / "benchmarks/openvino_profile.py")
-    ok = subprocess.run([sys.executable, script, str(unet), "--inputs", str(tmp_path / "feeds.npz"), "--threads", "1",
-                         "--json", str(tmp_path / "nodes.json")], capture_output=True, text=True, timeout=300)
-    assert ok.returncode == 0, ok.stderr[-2000:]
-    assert "per U-Net block:" in ok.stdout and "down_blocks.0" in ok.stdout and "Convolution" in ok.stdout
+    script = _script("openvino_profile")
+    main = lambda argv: script.run_entry_point(argv, script.parse, script.run)  # noqa: E731 - the script's __main__
+    assert main([str(unet), "--inputs", str(tmp_path / "feeds.npz"), "--threads", "1", "--warmup", "0",
+                 "--json", str(tmp_path / "nodes.json")]) == 0
+    out = capsys.readouterr().out
+    assert "per U-Net block:" in out and "down_blocks.0" in out and "Convolution" in out
     assert json.loads((tmp_path / "nodes.json").read_text())["nodes"]
-    bad = subprocess.run([sys.executable, script, str(unet)], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "no recorded inputs; pass --inputs" in bad.stderr
-    assert len(bad.stderr.strip().splitlines()) == 1
+    assert main([str(unet)]) == 2
+    err = capsys.readouterr().err
+    assert "no recorded inputs; pass --inputs" in err and len(err.strip().splitlines()) == 1
