@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import statistics
 import time
 from datetime import datetime, timezone
@@ -60,20 +59,16 @@ def cache_path() -> Path:
 def identity(manifest_file: Path, threads: int | None) -> dict[str, Any]:
     """What a measurement holds for: the bundle (its manifest's sha256), the CPU and its kernel-deciding flags,
     the threads asked for (None: the runtime's default) and usable, and the run-time library versions."""
-    from .bench.machine import cpu_flags, cpu_model
+    from .bench.machine import cpu_flags, cpu_model, usable_cpus
     from .versions import package_versions
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        usable = os.cpu_count()
     versions = package_versions(RUNTIME_PACKAGES)
     return {
         "manifest_sha256": hashlib.sha256(Path(manifest_file).read_bytes()).hexdigest(),
         "cpu": cpu_model(),
         "isa": cpu_flags(),
         "threads": threads,
-        "usable_cpus": usable,
+        "usable_cpus": usable_cpus(),
         "versions": {k: versions[k] for k in RUNTIME_PACKAGES if k in versions},
     }
 

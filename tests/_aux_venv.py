@@ -4,7 +4,7 @@
 that sees this environment's packages (a ``.pth`` file adds our site-packages after its own) and installs
 ``packages`` into it without dependencies, so only the pinned conflicting packages differ (e.g. optimum-intel
 with transformers < 5.6 while we run transformers 5.x). Returns its python, or None with the reason when the
-packages cannot be installed here (no registry access); the caller skips with that reason.
+packages cannot be installed here (no registry access); the interop tests fail with that reason.
 
 ``separate_python(name, requirements)`` creates, once, a venv that shares nothing with ours, from a pinned
 requirements file (e.g. optimum-onnx with transformers < 5 and its own diffusers / huggingface-hub); it is keyed by the
@@ -21,8 +21,9 @@ import sys
 import sysconfig
 from pathlib import Path
 
-CACHE = Path(os.environ.get("BKSDM_VENV_CACHE")
-             or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bksdm-edge" / "venvs")
+from bksdm_edge.outputs import user_cache_dir
+
+CACHE = Path(os.environ.get("BKSDM_VENV_CACHE") or user_cache_dir() / "venvs")
 
 
 def side_python(name: str, packages: tuple[str, ...], timeout: float = 900) -> tuple[Path | None, str]:

@@ -115,15 +115,19 @@ def load_average() -> list[float] | None:
         return None
 
 
+def usable_cpus() -> int | None:
+    """CPUs this process may run on (its affinity mask; all of them where the OS has no such mask, e.g. macOS)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count()
+
+
 def machine_info() -> dict:
     """A snapshot of the machine; call at the start and the end of a run (the load average changes)."""
     import psutil
 
     vm = psutil.virtual_memory()
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = os.cpu_count()
     isa = cpu_isa()
     return {
         "cpu": cpu_model(),
@@ -132,7 +136,7 @@ def machine_info() -> dict:
         "isa": isa,
         "physical_cores": psutil.cpu_count(logical=False),
         "logical_cpus": psutil.cpu_count(logical=True),
-        "usable_cpus": affinity,
+        "usable_cpus": usable_cpus(),
         "ram_gb": round(vm.total / 2**30, 1),
         "ram_available_gb": round(vm.available / 2**30, 1),
         "gpu": gpu_info(),
