@@ -71,3 +71,11 @@ def convert_and_validate(target, name: str, model, inputs, out_dir: Path):
                                 output_names=spec.output_names)
     assert report.numeric_checks == "run" and len(report.sets) == len(inputs.validation)
     return converted, report
+
+
+def seeded_feeds(inputs) -> dict:
+    """Seeded float32 feeds for an OpenVINO model's (static-shape) inputs, by input name."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return {i.get_any_name(): rng.standard_normal(list(i.get_shape())).astype(np.float32) for i in inputs}

@@ -73,13 +73,10 @@ def test_openvino_profile_script_on_a_toy_ir(tmp_path, capsys):
     pytest.importorskip("openvino")
     import numpy as np
     import openvino as ov
-    from _export_helpers import tiny_ov_bundle
+    from _export_helpers import seeded_feeds, tiny_ov_bundle
 
     unet = tiny_ov_bundle("fp32") / "unet"
-    rng = np.random.default_rng(0)
-    feeds = {i.get_any_name(): rng.standard_normal(list(i.get_shape())).astype(np.float32)
-             for i in ov.Core().read_model(str(unet / "openvino_model.xml")).inputs}
-    np.savez(tmp_path / "feeds.npz", **feeds)
+    np.savez(tmp_path / "feeds.npz", **seeded_feeds(ov.Core().read_model(str(unet / "openvino_model.xml")).inputs))
     script = _script("openvino_profile")
     main = lambda argv: script.run_entry_point(argv, script.parse, script.run)  # noqa: E731 - the script's __main__
     assert main([str(unet), "--inputs", str(tmp_path / "feeds.npz"), "--threads", "1", "--warmup", "0",

@@ -12,7 +12,8 @@ import pytest
 
 pytest.importorskip("openvino")
 
-from _export_helpers import _model, convert_and_validate, tiny_bundle, tiny_ov_bundle, tiny_real_inputs  # noqa: E402
+from _export_helpers import (_model, convert_and_validate, seeded_feeds, tiny_bundle, tiny_ov_bundle,  # noqa: E402
+                             tiny_real_inputs)
 from bksdm_edge.export import openvino as ov_backend  # noqa: E402
 from bksdm_edge.export.bundle import BundleError  # noqa: E402
 from bksdm_edge.export.components import COMPONENTS, ShapeConfig  # noqa: E402
@@ -156,23 +157,16 @@ def test_node_times_split_a_step_by_layer_type_and_unet_block(tmp_path):
     """The profile behind cpu-full's "where the time goes": per-node times of the last call, by type and block."""
     path = ov_bundle("fp32") / "unet" / "openvino_model.xml"
     plain = ov_backend.load_runner(path, threads=1)
-    plain(_unet_feeds(plain))
+    plain(seeded_feeds(plain.compiled.inputs))
     assert ov_backend.node_times(plain) == []  # per-node timing is off unless asked for
     run = ov_backend.load_runner(path, threads=1, profile=True)
-    run(_unet_feeds(run))
+    run(seeded_feeds(run.compiled.inputs))
     nodes = ov_backend.node_times(run)
     assert nodes and nodes == sorted(nodes, key=lambda n: -n["seconds"])
     blocks = ov_backend.time_by(nodes, "block")
     assert {"down_blocks.0", "up_blocks.0"} <= set(blocks), blocks
     assert sum(ov_backend.time_by(nodes, "type").values()) == pytest.approx(sum(n["seconds"] for n in nodes))
     assert "Convolution" in ov_backend.time_by(nodes, "type")
-
-
-def _unet_feeds(run) -> dict[str, np.ndarray]:
-    """Seeded feeds of the compiled U-Net's static input shapes."""
-    rng = np.random.default_rng(0)
-    return {i.get_any_name(): rng.standard_normal(list(i.get_shape())).astype(np.float32)
-            for i in run.compiled.inputs}
 
 
 # --------------------------------------------------------------------------------------------------------------
